@@ -1,0 +1,481 @@
+"""All model hub and disk I/O: presets, sources (hub ids, local folders, single files), checkpoints.
+
+`load_models(preset, ...)` is the one entry point. Every source goes through the same steps:
+resolve it to a local folder or file (a local path as given, a hub id through the local cache,
+then the hub), check that the files we need are there, then load them strictly. A test that
+saves models in the hub layout and loads them back walks exactly the code path a user's
+download takes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import safetensors
+import safetensors.torch
+import torch
+from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from huggingface_hub import snapshot_download
+from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokenizer
+
+from .config import DEFAULT_SOURCES, ELLA_CONFIG_METADATA_KEY, ELLA_FILENAME, PRESETS, WEIGHTLESS_PRESETS, HubLocation
+from .connector import ELLA, EllaConfig
+from .devices import Placement, choose_placement
+from .presets import Components, WeightlessConfigs, build_weightless_components
+from .text_encoders import CLIPPromptEncoder, T5PromptEncoder
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w./-]+)?$")
+CONFIG_DIRS = {"tiny": "tiny", "random-sd15": "sd15"}
+SD15_COMPONENT_WEIGHTS = {
+    "unet": "diffusion_pytorch_model",
+    "vae": "diffusion_pytorch_model",
+    "text_encoder": "model",
+}
+SD15_CONFIG_FILES = [
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "unet/config.json",
+    "vae/config.json",
+    "text_encoder/config.json",
+]
+TOKENIZER_PATTERNS = ["tokenizer/*"]
+
+
+class ModelSourceError(RuntimeError):
+    """A model could not be found, fetched, or loaded; the message says what to do instead."""
+
+
+class CheckpointMismatchError(ModelSourceError):
+    """A checkpoint's tensors do not match the model it is loaded into."""
+
+
+@dataclass
+class LoadedModels:
+    """Everything a generation needs, loaded once and shared read-only between requests.
+
+    `pipe` is a diffusers StableDiffusionPipeline (unet, vae, text_encoder, tokenizer, scheduler);
+    `ella` the connector; `t5`/`t5_tokenizer` the FLAN-T5 encoder. `t5_encoder` and
+    `clip_encoder` wrap the text models with caches. `random_weights` is True for presets whose
+    images are noise. `sources` records where each part came from, for the UI and meta files.
+    """
+
+    pipe: StableDiffusionPipeline
+    ella: ELLA
+    t5: T5EncoderModel
+    t5_tokenizer: T5Tokenizer
+    placement: Placement
+    preset: str
+    random_weights: bool
+    sources: dict[str, str] = field(default_factory=dict)
+    t5_encoder: T5PromptEncoder = field(init=False)
+    clip_encoder: CLIPPromptEncoder = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.t5_encoder = T5PromptEncoder(self.t5, self.t5_tokenizer)
+        self.clip_encoder = CLIPPromptEncoder(self.pipe.text_encoder, self.pipe.tokenizer)
+
+    @property
+    def device(self) -> torch.device:
+        return self.placement.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.placement.dtype
+
+
+def load_models(
+    preset: str = "sd15",
+    *,
+    sd15: str | None = None,
+    ella: str | None = None,
+    t5: str | None = None,
+    sd15_config: str | Path | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    t5_dtype: str | None = None,
+    allow_pickle: bool = False,
+    cache_dir: str | Path | None = None,
+    seed: int = 0,
+) -> LoadedModels:
+    """Load a preset.
+
+    Args:
+        preset: "sd15" (real weights), "tiny" or "random-sd15" (weightless, see presets.py).
+        sd15, ella, t5: override a part of the sd15 preset with a hub id ("org/name", optionally
+            followed by a path inside the repo) or a local path. sd15 may be a diffusers folder
+            or one `.safetensors` file of an SD1.5-derived checkpoint; ella a `.safetensors`
+            file or a folder holding `ella-sd1.5-tsc-t5xl.safetensors`; t5 a folder with a
+            T5 encoder and its tokenizer.
+        sd15_config: diffusers config folder used to read a single-file checkpoint (default:
+            the SD1.5 configs shipped in ella_demo/configs/sd15). Its tokenizer comes from the
+            folder's `tokenizer/` if present, else from the SD1.5 hub repo.
+        device, dtype, t5_dtype: see `devices.choose_placement`.
+        allow_pickle: allow `.bin`/`.ckpt` weights for SD1.5 and T5 (pickle can run code; off
+            by default). The connector always loads from safetensors.
+        cache_dir: hub cache folder (default: the huggingface_hub default).
+        seed: weight seed of the weightless presets.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}: choose one of {', '.join(PRESETS)}.")
+    placement = choose_placement(device, dtype, t5_dtype)
+    if preset in WEIGHTLESS_PRESETS:
+        overrides = [name for name, value in (("sd15", sd15), ("ella", ella), ("t5", t5)) if value]
+        if overrides:
+            raise ValueError(f"Preset {preset} builds its own weights; drop {', '.join(overrides)} or use --preset sd15.")
+        components = build_weightless_components(_read_weightless_configs(preset), placement, seed)
+        sources = {"weights": f"random (seed {seed}), {preset} architecture"}
+    else:
+        components, sources = _load_pretrained(placement, sd15, ella, t5, sd15_config, allow_pickle, cache_dir)
+    _check_compatible(components)
+    return _assemble(components, placement, preset, sources)
+
+
+def _assemble(components: Components, placement: Placement, preset: str, sources: dict[str, str]) -> LoadedModels:
+    pipe = StableDiffusionPipeline(
+        vae=components.vae.to(placement.device),
+        text_encoder=components.text_encoder.to(placement.device),
+        tokenizer=components.tokenizer,
+        unet=components.unet.to(placement.device),
+        scheduler=components.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    # Inference only: no module ever needs gradients, and frozen parameters keep autograd out.
+    for module in (components.unet, components.vae, components.text_encoder, components.t5, components.ella):
+        module.requires_grad_(False).eval()
+    return LoadedModels(
+        pipe=pipe,
+        ella=components.ella.to(placement.device),
+        t5=components.t5.to(placement.device),
+        t5_tokenizer=components.t5_tokenizer,
+        placement=placement,
+        preset=preset,
+        random_weights=preset in WEIGHTLESS_PRESETS,
+        sources=sources,
+    )
+
+
+def _check_compatible(components: Components) -> None:
+    """The three parts must agree on widths, or generation would fail deep inside the UNet."""
+    ella_config = components.ella.config
+    cross = components.unet.config.cross_attention_dim
+    problems = []
+    if cross != ella_config.width:
+        problems.append(f"the UNet reads {cross}-wide tokens but the connector makes {ella_config.width}-wide ones")
+    if components.text_encoder.config.hidden_size != cross:
+        problems.append(f"CLIP makes {components.text_encoder.config.hidden_size}-wide tokens, the UNet reads {cross}")
+    if components.t5.config.d_model != ella_config.input_dim:
+        problems.append(f"T5 makes {components.t5.config.d_model}-wide features, the connector reads {ella_config.input_dim}")
+    if problems:
+        raise ModelSourceError(
+            "These models do not fit together: " + "; ".join(problems) + ". ELLA for SD1.5 needs an "
+            "SD1.5-family UNet (cross-attention width 768) and the FLAN-T5-XL encoder (width 2048)."
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs shipped with the package
+
+
+def package_config_dir(name: str) -> Path:
+    """Folder of a config set shipped in ella_demo/configs ("sd15", "tiny", "flan_t5_xl_encoder")."""
+    return Path(str(resources.files("ella_demo").joinpath("configs", name)))
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _read_weightless_configs(preset: str) -> WeightlessConfigs:
+    base = package_config_dir(CONFIG_DIRS[preset])
+    if preset == "tiny":
+        t5_config, ella_config = _read_json(base / "t5/config.json"), _read_json(base / "ella.json")
+    else:
+        t5_config, ella_config = _read_json(package_config_dir("flan_t5_xl_encoder") / "config.json"), {}
+    return WeightlessConfigs(
+        unet=_read_json(base / "unet/config.json"),
+        vae=_read_json(base / "vae/config.json"),
+        text_encoder=_read_json(base / "text_encoder/config.json"),
+        scheduler=_read_json(base / "scheduler/scheduler_config.json"),
+        t5=t5_config,
+        ella=ella_config,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolving sources to local files
+
+
+def parse_source(spec: str | Path) -> Path | HubLocation:
+    """A local path if it exists, else a hub location ("org/name[/path/in/repo]").
+
+    Raises:
+        ModelSourceError: neither an existing path nor something shaped like a hub id.
+    """
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    text = str(spec)
+    if HUB_ID.match(text) and not text.startswith(("/", ".", "~")):
+        repo_owner, repo_name, *rest = text.split("/")
+        return HubLocation(f"{repo_owner}/{repo_name}", "/".join(rest))
+    raise ModelSourceError(f"{text!r} is neither an existing local path nor a hub id like 'org/name'.")
+
+
+def fetch(location: HubLocation, patterns: list[str], what: str, cache_dir: str | Path | None = None) -> Path:
+    """Local folder of `location`'s repo holding the files matching `patterns`.
+
+    Tries the local hub cache first (no network), then the hub. Fails fast with a message naming
+    the files when neither has them.
+    """
+    errors = []
+    for local_only in (True, False):
+        try:
+            folder = snapshot_download(
+                location.repo_id,
+                allow_patterns=patterns,
+                cache_dir=cache_dir,
+                local_files_only=local_only,
+                etag_timeout=5,
+            )
+        except Exception as error:  # noqa: BLE001 - hub errors come in many types; all mean "not here"
+            errors.append(f"{type(error).__name__}: {error}")
+            continue
+        return Path(folder)
+    raise ModelSourceError(
+        f"Could not get the {what} from the model hub: {location.repo_id} (files {', '.join(patterns)}) is "
+        f"neither in the local cache nor downloadable right now.\n"
+        f"Either connect to the hub once so the files are cached, point at a local copy "
+        f"(--sd15 / --ella / --t5 PATH, or the sd15=, ella=, t5= arguments of load_models), or try "
+        f"the app without weights: --preset tiny.\nDetails: {errors[-1][:300]}"
+    )
+
+
+def _require_files(folder: Path, relative_paths: list[str], what: str) -> None:
+    missing = [name for name in relative_paths if not (folder / name).is_file()]
+    if missing:
+        raise ModelSourceError(f"The {what} folder {folder} lacks {', '.join(missing)}.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Real weights
+
+
+def _load_pretrained(
+    placement: Placement,
+    sd15: str | None,
+    ella: str | None,
+    t5: str | None,
+    sd15_config: str | Path | None,
+    allow_pickle: bool,
+    cache_dir: str | Path | None,
+) -> tuple[Components, dict[str, str]]:
+    sd15_source = parse_source(sd15) if sd15 else DEFAULT_SOURCES["sd15"]
+    ella_source = parse_source(ella) if ella else DEFAULT_SOURCES["ella"]
+    t5_source = parse_source(t5) if t5 else DEFAULT_SOURCES["t5"]
+    loader_options = {"allow_pickle": allow_pickle, "cache_dir": cache_dir}
+
+    ella_path = _resolve_ella_file(ella_source, cache_dir)
+    t5_folder = _resolve_t5_folder(t5_source, allow_pickle, cache_dir)
+    if isinstance(sd15_source, Path) and sd15_source.is_file():
+        sd_parts = _load_single_file_sd(sd15_source, sd15_config, placement, **loader_options)
+    else:
+        sd_parts = _load_diffusers_sd(sd15_source, placement, **loader_options)
+    components = Components(
+        **sd_parts,
+        t5=T5EncoderModel.from_pretrained(t5_folder, dtype=placement.t5_dtype, use_safetensors=not allow_pickle),
+        t5_tokenizer=T5Tokenizer.from_pretrained(t5_folder),
+        ella=load_ella_checkpoint(ella_path, placement.device, placement.dtype),
+    )
+    sources = {"sd15": str(sd15_source), "ella": str(ella_source), "t5": str(t5_source)}
+    return components, sources
+
+
+def _weight_names(variant: str | None, allow_pickle: bool) -> dict[str, list[str]]:
+    """Weight files each SD component may have, best first."""
+    suffix = f".{variant}" if variant else ""
+    names = {}
+    for component, stem in SD15_COMPONENT_WEIGHTS.items():
+        candidates = [f"{component}/{stem}{suffix}.safetensors"]
+        if allow_pickle:
+            candidates.append(f"{component}/{'pytorch_model' if stem == 'model' else stem}{suffix}.bin")
+        names[component] = candidates
+    return names
+
+
+def _choose_variant(folder: Path | None, placement: Placement) -> str | None:
+    """fp16 weight files when running in fp16 (half the download), if the folder has them."""
+    if placement.dtype != torch.float16:
+        return None
+    if folder is None:
+        return "fp16"
+    return "fp16" if (folder / "unet/diffusion_pytorch_model.fp16.safetensors").is_file() else None
+
+
+def _load_diffusers_sd(
+    source: Path | HubLocation, placement: Placement, allow_pickle: bool, cache_dir: str | Path | None
+) -> dict:
+    """UNet, VAE, CLIP and scheduler from a diffusers-layout folder (local or hub)."""
+    if isinstance(source, HubLocation):
+        variant = _choose_variant(None, placement)
+        wanted = [name for names in _weight_names(variant, allow_pickle).values() for name in names]
+        prefix = f"{source.path}/" if source.path else ""
+        patterns = [prefix + name for name in SD15_CONFIG_FILES + TOKENIZER_PATTERNS + wanted]
+        folder = fetch(source, patterns, "Stable Diffusion 1.5 weights", cache_dir) / source.path
+    else:
+        folder = source
+        variant = _choose_variant(folder, placement)
+    _require_files(folder, SD15_CONFIG_FILES + ["tokenizer/tokenizer_config.json"], "Stable Diffusion")
+    for component, candidates in _weight_names(variant, allow_pickle).items():
+        if not any((folder / name).is_file() for name in candidates):
+            raise ModelSourceError(
+                f"The Stable Diffusion folder {folder} has no {component} weights: expected {' or '.join(candidates)}"
+                + ("" if allow_pickle else " (pickle .bin files are only read with --allow-pickle)")
+                + "."
+            )
+    common = {"variant": variant, "use_safetensors": not allow_pickle}
+    scheduler_config = DPMSolverMultistepScheduler.load_config(folder, subfolder="scheduler")
+    return {
+        "unet": UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=placement.dtype, **common),
+        "vae": AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=placement.dtype, **common),
+        "text_encoder": CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=placement.dtype, **common),
+        "tokenizer": CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"),
+        "scheduler": DPMSolverMultistepScheduler.from_config(scheduler_config),
+    }
+
+
+def _load_single_file_sd(
+    path: Path,
+    config_dir: str | Path | None,
+    placement: Placement,
+    allow_pickle: bool,
+    cache_dir: str | Path | None,
+) -> dict:
+    """An SD1.5-derived community checkpoint in one file, read offline with shipped configs."""
+    if path.suffix != ".safetensors" and not allow_pickle:
+        raise ModelSourceError(
+            f"{path.name} is not a .safetensors file. Pickle checkpoints (.ckpt, .bin) can run code when "
+            "loaded; convert it to safetensors, or pass --allow-pickle if you trust its source."
+        )
+    config_dir = Path(config_dir) if config_dir else package_config_dir("sd15")
+    _require_files(config_dir, SD15_CONFIG_FILES, "single-file config")
+    if (config_dir / "tokenizer").is_dir():
+        tokenizer_folder = config_dir
+    else:
+        tokenizer_folder = fetch(DEFAULT_SOURCES["sd15"], TOKENIZER_PATTERNS, "CLIP tokenizer files", cache_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_folder, subfolder="tokenizer")
+    try:
+        pipe = StableDiffusionPipeline.from_single_file(
+            str(path),
+            config=str(config_dir),
+            tokenizer=tokenizer,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+            local_files_only=True,
+            torch_dtype=placement.dtype,
+        )
+    except Exception as error:  # noqa: BLE001 - diffusers raises many types for a bad file
+        raise ModelSourceError(
+            f"Could not read {path} as a Stable Diffusion 1.5 checkpoint ({type(error).__name__}: {error}). "
+            "Single files must be SD1.5-family checkpoints in the original (LDM) layout."
+        ) from error
+    scheduler_config = DPMSolverMultistepScheduler.load_config(config_dir, subfolder="scheduler")
+    return {
+        "unet": pipe.unet,
+        "vae": pipe.vae,
+        "text_encoder": pipe.text_encoder,
+        "tokenizer": tokenizer,
+        "scheduler": DPMSolverMultistepScheduler.from_config(scheduler_config),
+    }
+
+
+def _resolve_ella_file(source: Path | HubLocation, cache_dir: str | Path | None) -> Path:
+    if isinstance(source, HubLocation):
+        filename = source.path or ELLA_FILENAME
+        return fetch(HubLocation(source.repo_id), [filename], "ELLA connector", cache_dir) / filename
+    path = source / ELLA_FILENAME if source.is_dir() else source
+    if not path.is_file():
+        raise ModelSourceError(f"No ELLA checkpoint at {path}: pass the .safetensors file itself.")
+    return path
+
+
+def _resolve_t5_folder(source: Path | HubLocation, allow_pickle: bool, cache_dir: str | Path | None) -> Path:
+    if isinstance(source, HubLocation):
+        prefix = f"{source.path}/" if source.path else ""
+        patterns = [prefix + pattern for pattern in ("*.json", "*.safetensors", "spiece.model")]
+        if allow_pickle:
+            patterns.append(prefix + "*.bin")
+        folder = fetch(source, patterns, "T5 text encoder", cache_dir) / source.path
+    else:
+        folder = source
+    _require_files(folder, ["config.json"], "T5 encoder")
+    if not any(folder.glob("*.safetensors")) and not (allow_pickle and any(folder.glob("*.bin"))):
+        raise ModelSourceError(f"The T5 encoder folder {folder} has no .safetensors weights.")
+    if not ((folder / "tokenizer.json").is_file() or (folder / "spiece.model").is_file()):
+        raise ModelSourceError(f"The T5 encoder folder {folder} has no tokenizer (tokenizer.json or spiece.model).")
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# The connector's checkpoint
+
+
+def save_ella_checkpoint(model: ELLA, path: str | Path, dtype: torch.dtype = torch.float16) -> None:
+    """Write the connector as safetensors (fp16 like the release), its config in the metadata."""
+    tensors = {name: tensor.detach().to("cpu", dtype).contiguous() for name, tensor in model.state_dict().items()}
+    metadata = {ELLA_CONFIG_METADATA_KEY: json.dumps(model.config.to_dict())}
+    safetensors.torch.save_file(tensors, str(path), metadata=metadata)
+
+
+def load_ella_checkpoint(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> ELLA:
+    """Build the connector a checkpoint describes and load it strictly.
+
+    The architecture comes from the file's metadata when we wrote it, else it is the released SD1.5
+    default. Tensors are cast to `dtype` (the release is stored in fp16).
+
+    Raises:
+        ModelSourceError: not a safetensors file.
+        CheckpointMismatchError: missing, unexpected or wrongly shaped tensors, all listed.
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ModelSourceError(f"{path.name}: the ELLA connector loads from .safetensors files only.")
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            state_dict = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as error:  # noqa: BLE001 - a corrupt file surfaces as several error types
+        raise ModelSourceError(f"{path} is not a readable safetensors file: {error}") from error
+    config_json = metadata.get(ELLA_CONFIG_METADATA_KEY)
+    config = EllaConfig(**json.loads(config_json)) if config_json else EllaConfig()
+    with torch.device("meta"):
+        model = ELLA(config)
+    check_state_dict(model, state_dict, source=str(path))
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def check_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Raise one error listing every missing, unexpected and wrongly shaped tensor."""
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    found = {name: tuple(tensor.shape) for name, tensor in state_dict.items()}
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong_shape = sorted(
+        f"{name} (file {found[name]}, model {expected[name]})"
+        for name in set(expected) & set(found)
+        if expected[name] != found[name]
+    )
+    if missing or unexpected or wrong_shape:
+        lines = [f"{source} does not match the ELLA connector it is loaded into."]
+        for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
+            if names:
+                lines.append(f"{label} ({len(names)}): {', '.join(names)}")
+        raise CheckpointMismatchError("\n".join(lines))

@@ -1,0 +1,229 @@
+"""Prompt encoding for both sides of the comparison: T5 for ELLA, CLIP for plain SD1.5.
+
+Each encoder returns a `TextEncoding`: the features, the attention mask, the token strings and
+the tokens grouped into words (for figures). Results are cached in a small LRU keyed by
+(prompt, length mode, device, dtype), so a repeated prompt skips the encoder; the empty prompt,
+used for classifier-free guidance, is pinned and computed once per model and length mode.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+
+FLEXIBLE = "flexible"
+DEFAULT_T5_LENGTH = 128  # the token length ELLA was trained with
+
+
+class PromptTruncatedWarning(UserWarning):
+    """A prompt was longer than an encoder accepts and its tail was dropped."""
+
+
+@dataclass(frozen=True)
+class Word:
+    """A word of the prompt as the tokenizer split it.
+
+    `token_indices` index the token axis of the encoding; `is_special` marks tokens such as
+    `</s>`, `<pad>` or `<|endoftext|>` that carry no prompt text.
+    """
+
+    text: str
+    token_indices: tuple[int, ...]
+    is_special: bool = False
+
+
+@dataclass(frozen=True)
+class TextEncoding:
+    """One prompt, encoded.
+
+    features: (1, L, d) last hidden states on the encoder's device and dtype.
+    attention_mask: (1, L) int64, 1 for real tokens, 0 for padding.
+    tokens: the L token strings. words: the tokens grouped into words.
+    dropped_tokens: how many tokens truncation removed (0 when the prompt fitted).
+    """
+
+    prompt: str
+    features: torch.Tensor
+    attention_mask: torch.Tensor
+    tokens: tuple[str, ...]
+    words: tuple[Word, ...]
+    dropped_tokens: int
+    max_length: int
+
+    @property
+    def truncation_message(self) -> str | None:
+        """A sentence for the user when tokens were dropped, else None."""
+        if not self.dropped_tokens:
+            return None
+        return (
+            f"The prompt is {self.max_length + self.dropped_tokens} tokens long; this encoder keeps "
+            f"{self.max_length}, so the last {self.dropped_tokens} tokens were dropped."
+        )
+
+
+def group_words(tokens: tuple[str, ...], special_tokens: set[str], marks_start: str = "", marks_end: str = "") -> tuple[Word, ...]:
+    """Group tokens into words, by a start-of-word prefix (T5's `▁`) or an end suffix (CLIP's `</w>`).
+
+    Special tokens each form their own word. Word text strips the markers, so "▁red" and
+    "red</w>" both read "red".
+    """
+    words: list[Word] = []
+    current: list[int] = []
+
+    def flush() -> None:
+        if current:
+            text = "".join(tokens[i] for i in current)
+            text = text.replace(marks_start, "") if marks_start else text
+            text = text.replace(marks_end, "") if marks_end else text
+            words.append(Word(text, tuple(current)))
+            current.clear()
+
+    for index, token in enumerate(tokens):
+        if token in special_tokens:
+            flush()
+            words.append(Word(token, (index,), is_special=True))
+            continue
+        if marks_start and token.startswith(marks_start):
+            flush()
+        current.append(index)
+        if marks_end and token.endswith(marks_end):
+            flush()
+    flush()
+    return tuple(words)
+
+
+class _CachedEncoder:
+    """Shared LRU cache and tokenize -> run -> package flow of both encoders."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, cache_size: int = 64):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple, TextEncoding] = OrderedDict()
+        self._pinned: dict[tuple, TextEncoding] = {}
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def _lookup(self, key: tuple) -> TextEncoding | None:
+        with self._lock:
+            found = self._pinned.get(key)
+            if found is None and key in self._cache:
+                self._cache.move_to_end(key)
+                found = self._cache[key]
+            if found is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+            return found
+
+    def _store(self, key: tuple, encoding: TextEncoding) -> None:
+        with self._lock:
+            if encoding.prompt == "":
+                self._pinned[key] = encoding
+                return
+            self._cache[key] = encoding
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
+            self._pinned.clear()
+            self.hits = self.misses = 0
+
+    def _encode_cached(self, prompt: str, length_key, max_length: int, pad: bool) -> TextEncoding:
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+        key = (prompt, length_key, str(self.device), self.dtype)
+        encoding = self._lookup(key)
+        if encoding is None:
+            encoding = self._encode(prompt, max_length, pad)
+            self._store(key, encoding)
+        if encoding.dropped_tokens:
+            warnings.warn(f"{type(self).__name__}: {encoding.truncation_message}", PromptTruncatedWarning, stacklevel=3)
+        return encoding
+
+    def _encode(self, prompt: str, max_length: int, pad: bool) -> TextEncoding:
+        full_length = len(self.tokenizer(prompt, truncation=False, verbose=False)["input_ids"])
+        batch = self.tokenizer(
+            prompt,
+            padding="max_length" if pad else False,
+            max_length=max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        input_ids = batch["input_ids"].to(self.device)
+        attention_mask = batch["attention_mask"].to(self.device)
+        with torch.no_grad():
+            features = self._run(input_ids, attention_mask)
+        tokens = tuple(self.tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist()))
+        return TextEncoding(
+            prompt=prompt,
+            features=features,
+            attention_mask=attention_mask,
+            tokens=tokens,
+            words=self._group(tokens),
+            dropped_tokens=max(0, full_length - max_length),
+            max_length=max_length,
+        )
+
+    def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _group(self, tokens: tuple[str, ...]) -> tuple[Word, ...]:
+        raise NotImplementedError
+
+
+class T5PromptEncoder(_CachedEncoder):
+    """FLAN-T5 encoder features for ELLA.
+
+    Length modes: `"flexible"` keeps the prompt's own length (no padding; prompts longer than the
+    tokenizer's limit, 512 for T5, are truncated) and an int N pads or truncates to N tokens
+    (128 is ELLA's training length).
+    """
+
+    def encode(self, prompt: str, length: int | str = FLEXIBLE) -> TextEncoding:
+        """Encode one prompt: features (1, L, d_model) with L = its token count or `length`."""
+        if length == FLEXIBLE:
+            return self._encode_cached(prompt, FLEXIBLE, self.tokenizer.model_max_length, pad=False)
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            raise ValueError(f"T5 length must be 'flexible' or a positive int (ELLA used 128), got {length!r}")
+        if length > self.tokenizer.model_max_length:
+            raise ValueError(f"T5 length {length} exceeds the tokenizer's limit of {self.tokenizer.model_max_length}")
+        return self._encode_cached(prompt, length, length, pad=True)
+
+    def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def _group(self, tokens: tuple[str, ...]) -> tuple[Word, ...]:
+        return group_words(tokens, set(self.tokenizer.all_special_tokens), marks_start="▁")
+
+
+class CLIPPromptEncoder(_CachedEncoder):
+    """CLIP text features for the plain SD1.5 side: always padded or truncated to 77 tokens."""
+
+    def encode(self, prompt: str) -> TextEncoding:
+        """Encode one prompt: features (1, 77, hidden)."""
+        return self._encode_cached(prompt, "max", self.tokenizer.model_max_length, pad=True)
+
+    def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        # SD1.5 was trained without CLIP's attention mask; the padding tokens' states are part of
+        # the condition the UNet expects.
+        return self.model(input_ids=input_ids)[0]
+
+    def _group(self, tokens: tuple[str, ...]) -> tuple[Word, ...]:
+        return group_words(tokens, set(self.tokenizer.all_special_tokens), marks_end="</w>")
