@@ -1,0 +1,55 @@
+"""Shared fixtures: offline by default, the tiny preset, and tiny models saved in the hub layout."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a model hub; without this a missing-file lookup can stall before failing.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MANIFEST = REPO_ROOT.parent / "shared" / "reference" / "ella_sd15_keys.tsv"
+
+
+@pytest.fixture(scope="session")
+def manifest() -> dict[str, tuple[int, ...]]:
+    """The released checkpoint's tensor names and shapes (shared/reference/ella_sd15_keys.tsv)."""
+    assert MANIFEST.is_file(), f"The state-dict manifest is missing: expected it at {MANIFEST}"
+    entries = {}
+    for line in MANIFEST.read_text().splitlines():
+        name, shape = line.split("\t")
+        entries[name] = tuple(int(size) for size in shape.strip("[]").split(","))
+    return entries
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The tiny preset, loaded once for the session. Tests must not modify it."""
+    from ella_demo import load_models
+
+    return load_models("tiny", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def hub_layout(tiny, tmp_path_factory) -> dict[str, Path]:
+    """The tiny models saved the way the hub repos lay them out.
+
+    sd15: a diffusers pipeline folder (like stable-diffusion-v1-5/stable-diffusion-v1-5);
+    ella_repo: the connector file plus the T5 encoder subfolder (like QQGYLab/ELLA).
+    """
+    from ella_demo.config import ELLA_FILENAME, T5_SUBFOLDER
+    from ella_demo.loading import save_ella_checkpoint
+
+    root = tmp_path_factory.mktemp("hub_layout")
+    sd15 = root / "sd15"
+    tiny.pipe.save_pretrained(sd15)
+    ella_repo = root / "ella_repo"
+    t5_folder = ella_repo / T5_SUBFOLDER
+    tiny.t5.save_pretrained(t5_folder)
+    tiny.t5_tokenizer.save_pretrained(t5_folder)
+    save_ella_checkpoint(tiny.ella, ella_repo / ELLA_FILENAME)
+    return {"sd15": sd15, "ella_repo": ella_repo, "ella_file": ella_repo / ELLA_FILENAME, "t5": t5_folder}
