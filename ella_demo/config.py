@@ -36,6 +36,9 @@ class HubLocation:
         return f"{self.repo_id}/{self.path}" if self.path else self.repo_id
 
 
+# Where the T5 tokenizer comes from when an encoder folder has none: FLAN-T5-XL's own repo.
+T5_TOKENIZER_SOURCE = HubLocation("google/flan-t5-xl")
+
 DEFAULT_SOURCES = {
     "sd15": HubLocation(SD15_REPO),
     "ella": HubLocation(ELLA_REPO, ELLA_FILENAME),

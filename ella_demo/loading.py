@@ -22,7 +22,15 @@ from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusio
 from huggingface_hub import snapshot_download
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokenizer
 
-from .config import DEFAULT_SOURCES, ELLA_CONFIG_METADATA_KEY, ELLA_FILENAME, PRESETS, WEIGHTLESS_PRESETS, HubLocation
+from .config import (
+    DEFAULT_SOURCES,
+    ELLA_CONFIG_METADATA_KEY,
+    ELLA_FILENAME,
+    PRESETS,
+    T5_TOKENIZER_SOURCE,
+    WEIGHTLESS_PRESETS,
+    HubLocation,
+)
 from .connector import ELLA, EllaConfig
 from .devices import Placement, choose_placement
 from .presets import Components, WeightlessConfigs, build_weightless_components
@@ -43,10 +51,27 @@ SD15_CONFIG_FILES = [
     "text_encoder/config.json",
 ]
 TOKENIZER_PATTERNS = ["tokenizer/*"]
+CLIP_TOKENIZER_CONFIG = "tokenizer/tokenizer_config.json"
 
 
 class ModelSourceError(RuntimeError):
     """A model could not be found, fetched, or loaded; the message says what to do instead."""
+
+
+class MissingFilesError(ModelSourceError):
+    """Files of a hub repository are neither cached locally nor downloadable."""
+
+    def __init__(self, what: str, location: HubLocation, patterns: list[str], detail: str):
+        self.summary = f"the {what} from {location.repo_id} (files {', '.join(patterns)})"
+        self.detail = detail
+        super().__init__(f"Could not get {self.summary}. {OFFLINE_ADVICE}\nDetails: {detail}")
+
+
+OFFLINE_ADVICE = (
+    "They are neither in the local hub cache nor downloadable right now. Either connect to the hub "
+    "once so the files are cached, point at local copies (--sd15 / --ella / --t5 PATH, or the sd15=, "
+    "ella=, t5= arguments of load_models), or try the app without weights: --preset tiny."
+)
 
 
 class CheckpointMismatchError(ModelSourceError):
@@ -125,7 +150,9 @@ def load_models(
     if preset in WEIGHTLESS_PRESETS:
         overrides = [name for name, value in (("sd15", sd15), ("ella", ella), ("t5", t5)) if value]
         if overrides:
-            raise ValueError(f"Preset {preset} builds its own weights; drop {', '.join(overrides)} or use --preset sd15.")
+            raise ValueError(
+                f"Preset {preset} builds its own weights; drop {', '.join(overrides)} or use --preset sd15."
+            )
         components = build_weightless_components(_read_weightless_configs(preset), placement, seed)
         sources = {"weights": f"random (seed {seed}), {preset} architecture"}
     else:
@@ -171,7 +198,9 @@ def _check_compatible(components: Components) -> None:
     if components.text_encoder.config.hidden_size != cross:
         problems.append(f"CLIP makes {components.text_encoder.config.hidden_size}-wide tokens, the UNet reads {cross}")
     if components.t5.config.d_model != ella_config.input_dim:
-        problems.append(f"T5 makes {components.t5.config.d_model}-wide features, the connector reads {ella_config.input_dim}")
+        problems.append(
+            f"T5 makes {components.t5.config.d_model}-wide features, the connector reads {ella_config.input_dim}"
+        )
     if problems:
         raise ModelSourceError(
             "These models do not fit together: " + "; ".join(problems) + ". ELLA for SD1.5 needs an "
@@ -228,33 +257,39 @@ def parse_source(spec: str | Path) -> Path | HubLocation:
     raise ModelSourceError(f"{text!r} is neither an existing local path nor a hub id like 'org/name'.")
 
 
-def fetch(location: HubLocation, patterns: list[str], what: str, cache_dir: str | Path | None = None) -> Path:
+def fetch(
+    location: HubLocation,
+    patterns: list[str],
+    what: str,
+    cache_dir: str | Path | None = None,
+    required: list[str] | None = None,
+) -> Path:
     """Local folder of `location`'s repo holding the files matching `patterns`.
 
-    Tries the local hub cache first (no network), then the hub. Fails fast with a message naming
-    the files when neither has them.
+    Tries the local hub cache first (no network), then the hub. A cached snapshot counts only
+    if it holds every file in `required` (default: none). Fails fast with a message naming the
+    files when neither place has them.
     """
     errors = []
     for local_only in (True, False):
         try:
-            folder = snapshot_download(
-                location.repo_id,
-                allow_patterns=patterns,
-                cache_dir=cache_dir,
-                local_files_only=local_only,
-                etag_timeout=5,
+            folder = Path(
+                snapshot_download(
+                    location.repo_id,
+                    allow_patterns=patterns,
+                    cache_dir=cache_dir,
+                    local_files_only=local_only,
+                    etag_timeout=5,
+                )
             )
         except Exception as error:  # noqa: BLE001 - hub errors come in many types; all mean "not here"
             errors.append(f"{type(error).__name__}: {error}")
             continue
-        return Path(folder)
-    raise ModelSourceError(
-        f"Could not get the {what} from the model hub: {location.repo_id} (files {', '.join(patterns)}) is "
-        f"neither in the local cache nor downloadable right now.\n"
-        f"Either connect to the hub once so the files are cached, point at a local copy "
-        f"(--sd15 / --ella / --t5 PATH, or the sd15=, ella=, t5= arguments of load_models), or try "
-        f"the app without weights: --preset tiny.\nDetails: {errors[-1][:300]}"
-    )
+        missing = [name for name in required or [] if not (folder / name).is_file()]
+        if not missing:
+            return folder
+        errors.append(f"the copy in {folder} lacks {', '.join(missing)}")
+    raise MissingFilesError(what, location, patterns, errors[-1][:300])
 
 
 def _require_files(folder: Path, relative_paths: list[str], what: str) -> None:
@@ -279,21 +314,42 @@ def _load_pretrained(
     sd15_source = parse_source(sd15) if sd15 else DEFAULT_SOURCES["sd15"]
     ella_source = parse_source(ella) if ella else DEFAULT_SOURCES["ella"]
     t5_source = parse_source(t5) if t5 else DEFAULT_SOURCES["t5"]
-    loader_options = {"allow_pickle": allow_pickle, "cache_dir": cache_dir}
 
-    ella_path = _resolve_ella_file(ella_source, cache_dir)
-    t5_folder = _resolve_t5_folder(t5_source, allow_pickle, cache_dir)
-    if isinstance(sd15_source, Path) and sd15_source.is_file():
-        sd_parts = _load_single_file_sd(sd15_source, sd15_config, placement, **loader_options)
+    # Resolve every part before loading any, so that one error names everything that is missing.
+    missing: list[MissingFilesError] = []
+    resolved = []
+    for resolve in (
+        lambda: _resolve_ella_file(ella_source, cache_dir),
+        lambda: _resolve_t5_folder(t5_source, allow_pickle, cache_dir),
+        lambda: _resolve_sd_folder(sd15_source, placement, allow_pickle, cache_dir),
+    ):
+        try:
+            resolved.append(resolve())
+        except MissingFilesError as error:
+            missing.append(error)
+    if len(missing) == 1:
+        raise missing[0]
+    if missing:
+        summaries = "\n".join(f"- {error.summary}" for error in missing)
+        raise ModelSourceError(f"Could not get:\n{summaries}\n{OFFLINE_ADVICE}\nDetails: {missing[-1].detail}")
+    ella_path, t5_folder, sd_path = resolved
+    if sd_path.is_file():
+        sd_parts = _load_single_file_sd(sd_path, sd15_config, placement, allow_pickle, cache_dir)
     else:
-        sd_parts = _load_diffusers_sd(sd15_source, placement, **loader_options)
+        sd_parts = _load_diffusers_sd(sd_path, placement, allow_pickle)
+    t5_tokenizer, t5_tokenizer_source = _load_t5_tokenizer(t5_folder, cache_dir)
     components = Components(
         **sd_parts,
         t5=T5EncoderModel.from_pretrained(t5_folder, dtype=placement.t5_dtype, use_safetensors=not allow_pickle),
-        t5_tokenizer=T5Tokenizer.from_pretrained(t5_folder),
+        t5_tokenizer=t5_tokenizer,
         ella=load_ella_checkpoint(ella_path, placement.device, placement.dtype),
     )
-    sources = {"sd15": str(sd15_source), "ella": str(ella_source), "t5": str(t5_source)}
+    sources = {
+        "sd15": str(sd15_source),
+        "ella": str(ella_source),
+        "t5": str(t5_source),
+        "t5_tokenizer": t5_tokenizer_source,
+    }
     return components, sources
 
 
@@ -318,20 +374,24 @@ def _choose_variant(folder: Path | None, placement: Placement) -> str | None:
     return "fp16" if (folder / "unet/diffusion_pytorch_model.fp16.safetensors").is_file() else None
 
 
-def _load_diffusers_sd(
+def _resolve_sd_folder(
     source: Path | HubLocation, placement: Placement, allow_pickle: bool, cache_dir: str | Path | None
-) -> dict:
-    """UNet, VAE, CLIP and scheduler from a diffusers-layout folder (local or hub)."""
-    if isinstance(source, HubLocation):
-        variant = _choose_variant(None, placement)
-        wanted = [name for names in _weight_names(variant, allow_pickle).values() for name in names]
-        prefix = f"{source.path}/" if source.path else ""
-        patterns = [prefix + name for name in SD15_CONFIG_FILES + TOKENIZER_PATTERNS + wanted]
-        folder = fetch(source, patterns, "Stable Diffusion 1.5 weights", cache_dir) / source.path
-    else:
-        folder = source
-        variant = _choose_variant(folder, placement)
-    _require_files(folder, SD15_CONFIG_FILES + ["tokenizer/tokenizer_config.json"], "Stable Diffusion")
+) -> Path:
+    """A local diffusers-layout folder or single file for the SD side, fetched if on the hub."""
+    if isinstance(source, Path):
+        return source
+    variant = _choose_variant(None, placement)
+    wanted = [name for names in _weight_names(variant, allow_pickle).values() for name in names]
+    prefix = f"{source.path}/" if source.path else ""
+    patterns = [prefix + name for name in SD15_CONFIG_FILES + TOKENIZER_PATTERNS + wanted]
+    required = [prefix + name for name in SD15_CONFIG_FILES]
+    return fetch(source, patterns, "Stable Diffusion 1.5 weights", cache_dir, required) / source.path
+
+
+def _load_diffusers_sd(folder: Path, placement: Placement, allow_pickle: bool) -> dict:
+    """UNet, VAE, CLIP and scheduler from a diffusers-layout folder."""
+    variant = _choose_variant(folder, placement)
+    _require_files(folder, [*SD15_CONFIG_FILES, CLIP_TOKENIZER_CONFIG], "Stable Diffusion")
     for component, candidates in _weight_names(variant, allow_pickle).items():
         if not any((folder / name).is_file() for name in candidates):
             raise ModelSourceError(
@@ -344,7 +404,9 @@ def _load_diffusers_sd(
     return {
         "unet": UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=placement.dtype, **common),
         "vae": AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=placement.dtype, **common),
-        "text_encoder": CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=placement.dtype, **common),
+        "text_encoder": CLIPTextModel.from_pretrained(
+            folder, subfolder="text_encoder", dtype=placement.dtype, **common
+        ),
         "tokenizer": CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"),
         "scheduler": DPMSolverMultistepScheduler.from_config(scheduler_config),
     }
@@ -368,7 +430,9 @@ def _load_single_file_sd(
     if (config_dir / "tokenizer").is_dir():
         tokenizer_folder = config_dir
     else:
-        tokenizer_folder = fetch(DEFAULT_SOURCES["sd15"], TOKENIZER_PATTERNS, "CLIP tokenizer files", cache_dir)
+        tokenizer_folder = fetch(
+            DEFAULT_SOURCES["sd15"], TOKENIZER_PATTERNS, "CLIP tokenizer files", cache_dir, [CLIP_TOKENIZER_CONFIG]
+        )
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_folder, subfolder="tokenizer")
     try:
         pipe = StableDiffusionPipeline.from_single_file(
@@ -381,7 +445,7 @@ def _load_single_file_sd(
             local_files_only=True,
             torch_dtype=placement.dtype,
         )
-    except Exception as error:  # noqa: BLE001 - diffusers raises many types for a bad file
+    except Exception as error:
         raise ModelSourceError(
             f"Could not read {path} as a Stable Diffusion 1.5 checkpoint ({type(error).__name__}: {error}). "
             "Single files must be SD1.5-family checkpoints in the original (LDM) layout."
@@ -399,7 +463,7 @@ def _load_single_file_sd(
 def _resolve_ella_file(source: Path | HubLocation, cache_dir: str | Path | None) -> Path:
     if isinstance(source, HubLocation):
         filename = source.path or ELLA_FILENAME
-        return fetch(HubLocation(source.repo_id), [filename], "ELLA connector", cache_dir) / filename
+        return fetch(HubLocation(source.repo_id), [filename], "ELLA connector", cache_dir, [filename]) / filename
     path = source / ELLA_FILENAME if source.is_dir() else source
     if not path.is_file():
         raise ModelSourceError(f"No ELLA checkpoint at {path}: pass the .safetensors file itself.")
@@ -412,15 +476,32 @@ def _resolve_t5_folder(source: Path | HubLocation, allow_pickle: bool, cache_dir
         patterns = [prefix + pattern for pattern in ("*.json", "*.safetensors", "spiece.model")]
         if allow_pickle:
             patterns.append(prefix + "*.bin")
-        folder = fetch(source, patterns, "T5 text encoder", cache_dir) / source.path
+        folder = fetch(source, patterns, "T5 text encoder", cache_dir, [prefix + "config.json"]) / source.path
     else:
         folder = source
     _require_files(folder, ["config.json"], "T5 encoder")
     if not any(folder.glob("*.safetensors")) and not (allow_pickle and any(folder.glob("*.bin"))):
         raise ModelSourceError(f"The T5 encoder folder {folder} has no .safetensors weights.")
-    if not ((folder / "tokenizer.json").is_file() or (folder / "spiece.model").is_file()):
-        raise ModelSourceError(f"The T5 encoder folder {folder} has no tokenizer (tokenizer.json or spiece.model).")
     return folder
+
+
+def _has_t5_tokenizer(folder: Path) -> bool:
+    return (folder / "tokenizer.json").is_file() or (folder / "spiece.model").is_file()
+
+
+def _load_t5_tokenizer(folder: Path, cache_dir: str | Path | None) -> tuple[T5Tokenizer, str]:
+    """The tokenizer saved beside the encoder, else FLAN-T5-XL's own (same vocabulary, a few MB)."""
+    if _has_t5_tokenizer(folder):
+        return T5Tokenizer.from_pretrained(folder), str(folder)
+    fetched = fetch(
+        T5_TOKENIZER_SOURCE,
+        ["spiece.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"],
+        "T5 tokenizer",
+        cache_dir,
+    )
+    if not _has_t5_tokenizer(fetched):
+        raise ModelSourceError(f"Neither {folder} nor {T5_TOKENIZER_SOURCE} has a T5 tokenizer.")
+    return T5Tokenizer.from_pretrained(fetched), str(T5_TOKENIZER_SOURCE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -434,7 +515,9 @@ def save_ella_checkpoint(model: ELLA, path: str | Path, dtype: torch.dtype = tor
     safetensors.torch.save_file(tensors, str(path), metadata=metadata)
 
 
-def load_ella_checkpoint(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> ELLA:
+def load_ella_checkpoint(
+    path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> ELLA:
     """Build the connector a checkpoint describes and load it strictly.
 
     The architecture comes from the file's metadata when we wrote it, else it is the released SD1.5
@@ -450,8 +533,8 @@ def load_ella_checkpoint(path: str | Path, device: torch.device | str = "cpu", d
     try:
         with safetensors.safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-            state_dict = {name: handle.get_tensor(name) for name in handle.keys()}
-    except Exception as error:  # noqa: BLE001 - a corrupt file surfaces as several error types
+            state_dict = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    except Exception as error:
         raise ModelSourceError(f"{path} is not a readable safetensors file: {error}") from error
     config_json = metadata.get(ELLA_CONFIG_METADATA_KEY)
     config = EllaConfig(**json.loads(config_json)) if config_json else EllaConfig()

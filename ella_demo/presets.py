@@ -55,12 +55,13 @@ def build_weightless_components(configs: WeightlessConfigs, placement: Placement
     """Build all components with weights drawn from `seed`, without touching the global RNG."""
     tokenizer = build_clip_tokenizer()
     t5_tokenizer = build_t5_tokenizer()
-    clip_config = CLIPTextConfig(
-        **configs.text_encoder,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    # The special-token ids must be the in-process tokenizer's, whatever the published config says.
+    token_ids = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    clip_config = CLIPTextConfig(**{**configs.text_encoder, **token_ids})
     t5_config = T5Config(**configs.t5)
     for name, config, size in (("CLIP", clip_config, len(tokenizer)), ("T5", t5_config, len(t5_tokenizer))):
         if config.vocab_size < size:

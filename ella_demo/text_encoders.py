@@ -65,7 +65,9 @@ class TextEncoding:
         )
 
 
-def group_words(tokens: tuple[str, ...], special_tokens: set[str], marks_start: str = "", marks_end: str = "") -> tuple[Word, ...]:
+def group_words(
+    tokens: tuple[str, ...], special_tokens: set[str], marks_start: str = "", marks_end: str = ""
+) -> tuple[Word, ...]:
     """Group tokens into words, by a start-of-word prefix (T5's `▁`) or an end suffix (CLIP's `</w>`).
 
     Special tokens each form their own word. Word text strips the markers, so "▁red" and

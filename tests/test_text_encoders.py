@@ -124,7 +124,12 @@ def test_group_words_on_handmade_tokens():
         ("<pad>", (7,), True),
     ]
     clip = group_words(("<s>", "gi", "raffe</w>", "red</w>", "</s>"), {"<s>", "</s>"}, marks_end="</w>")
-    assert [(w.text, w.token_indices) for w in clip] == [("<s>", (0,)), ("giraffe", (1, 2)), ("red", (3,)), ("</s>", (4,))]
+    assert [(w.text, w.token_indices) for w in clip] == [
+        ("<s>", (0,)),
+        ("giraffe", (1, 2)),
+        ("red", (3,)),
+        ("</s>", (4,)),
+    ]
 
 
 def test_clip_encoding_is_77_tokens_with_words_ending_in_the_word_suffix(tiny):

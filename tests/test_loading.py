@@ -1,0 +1,316 @@
+"""Presets, devices and every way of pointing at real weights, on models saved in the hub layout."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from ldm_layout import to_ldm_state_dict
+from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+from ella_demo import ELLA, load_models
+from ella_demo.config import ELLA_FILENAME, SD15_REPO, T5_SUBFOLDER
+from ella_demo.devices import DeviceError, choose_placement
+from ella_demo.loading import (
+    ModelSourceError,
+    _read_weightless_configs,
+    package_config_dir,
+    parse_source,
+    save_ella_checkpoint,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def same_weights(first: torch.nn.Module, second: torch.nn.Module) -> bool:
+    a, b = first.state_dict(), second.state_dict()
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k].reshape(a[k].shape)) for k in a)
+
+
+def assert_same_models(loaded, reference) -> None:
+    for name in ("unet", "vae", "text_encoder"):
+        assert same_weights(getattr(loaded.pipe, name), getattr(reference.pipe, name)), name
+    assert same_weights(loaded.t5, reference.t5)
+    assert same_weights(loaded.ella, reference.ella.half().float())
+    prompt = "a red cat on a blue chair"
+    assert loaded.t5_encoder.encode(prompt).tokens == reference.t5_encoder.encode(prompt).tokens
+    assert loaded.clip_encoder.encode(prompt).tokens == reference.clip_encoder.encode(prompt).tokens
+
+
+# --- presets -----------------------------------------------------------------------------------
+
+
+def test_tiny_preset_is_deterministic_and_labelled_as_random(tiny):
+    again = load_models("tiny", device="cpu")
+    assert same_weights(again.pipe.unet, tiny.pipe.unet)
+    assert same_weights(again.ella, tiny.ella)
+    assert tiny.random_weights and tiny.preset == "tiny"
+    other_seed = load_models("tiny", device="cpu", seed=1)
+    assert not same_weights(other_seed.ella, tiny.ella)
+
+
+def test_tiny_preset_parts_fit_together(tiny):
+    encoding = tiny.t5_encoder.encode("a red cat")
+    with torch.no_grad():
+        tokens = tiny.ella(encoding.features, 500)
+        latents = torch.zeros(1, 4, 8, 8)
+        noise = tiny.pipe.unet(latents, 500, encoder_hidden_states=tokens).sample
+    assert tokens.shape == (1, tiny.ella.config.num_latents, tiny.pipe.unet.config.cross_attention_dim)
+    assert noise.shape == latents.shape
+    assert not any(parameter.requires_grad for parameter in tiny.pipe.unet.parameters())
+
+
+def test_loading_does_not_disturb_the_global_random_state():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    load_models("tiny", device="cpu")
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_random_sd15_configs_are_the_published_architectures():
+    configs = _read_weightless_configs("random-sd15")
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(configs.unet)
+        vae = AutoencoderKL.from_config(configs.vae)
+        clip = CLIPTextModel(CLIPTextConfig(**configs.text_encoder))
+        t5 = T5EncoderModel(T5Config(**configs.t5))
+        ella = ELLA()
+
+    def count(module: torch.nn.Module) -> int:
+        return sum(parameter.numel() for parameter in module.parameters())
+
+    # Published sizes: SD1.5 UNet 859.52M, VAE 83.65M, CLIP ViT-L/14 text 123.06M, ELLA 66.82M.
+    assert count(unet) == 859_520_964
+    assert count(vae) == 83_653_863
+    assert count(clip) == 123_060_480
+    assert count(ella) == 66_820_608
+    # FLAN-T5-XL encoder from its hyperparameters: d_model 2048, 24 layers, 32 heads of 64,
+    # gated-GELU FFN 5120, 32 relative-position buckets, vocabulary 32128.
+    d, ff, layers, vocab = 2048, 5120, 24, 32128
+    per_layer = 4 * d * d + 3 * d * ff + 2 * d
+    assert count(t5) == vocab * d + layers * per_layer + 32 * 32 + d
+    assert (unet.config.cross_attention_dim, clip.config.hidden_size, t5.config.d_model) == (768, 768, 2048)
+    assert list(unet.config.block_out_channels) == [320, 640, 1280, 1280]
+    assert unet.config.attention_head_dim == 8 and unet.config.layers_per_block == 2
+    assert (clip.config.num_hidden_layers, clip.config.num_attention_heads) == (12, 12)
+    assert (t5.config.num_layers, t5.config.num_heads, t5.config.feed_forward_proj) == (24, 32, "gated-gelu")
+
+
+@pytest.mark.slow
+def test_random_sd15_preset_builds_and_runs_one_tsc_step():
+    models = load_models("random-sd15", device="cpu")
+    assert models.random_weights
+    encoding = models.t5_encoder.encode("a red cat", 128)
+    with torch.no_grad():
+        tokens = models.ella(encoding.features, 999)
+    assert encoding.features.shape == (1, 128, 2048)
+    assert tokens.shape == (1, 64, 768)
+    assert torch.isfinite(tokens).all()
+
+
+def test_unknown_preset_and_overrides_on_weightless_presets_are_rejected():
+    with pytest.raises(ValueError, match="Unknown preset 'sd21'"):
+        load_models("sd21")
+    with pytest.raises(ValueError, match="Preset tiny builds its own weights; drop ella"):
+        load_models("tiny", ella="QQGYLab/ELLA")
+
+
+# --- devices -----------------------------------------------------------------------------------
+
+
+def test_cpu_defaults_to_fp32_everywhere():
+    placement = choose_placement("cpu")
+    assert (placement.dtype, placement.t5_dtype) == (torch.float32, torch.float32)
+
+
+@pytest.mark.parametrize(
+    ("device", "dtype", "message"),
+    [
+        ("cpu", "fp16", "dtype fp16 is not supported on cpu: choose one of fp32, bf16"),
+        ("cpu", "fp8", "Unknown dtype 'fp8'"),
+        ("tpu", None, "Unknown device 'tpu'"),
+        ("cuda:0" if not torch.cuda.is_available() else "cuda:99", None, "cuda"),
+    ],
+)
+def test_unsupported_device_and_dtype_choices_are_clear_errors(device, dtype, message):
+    with pytest.raises(DeviceError, match=message):
+        choose_placement(device, dtype)
+
+
+def test_t5_dtype_error_names_the_t5_setting():
+    with pytest.raises(DeviceError, match="T5 dtype fp16 is not supported on cpu"):
+        choose_placement("cpu", "fp32", "fp16")
+
+
+# --- local folders in the hub layout -----------------------------------------------------------
+
+
+def test_load_models_from_local_folders_in_the_hub_layout(tiny, hub_layout):
+    loaded = load_models(
+        "sd15",
+        sd15=str(hub_layout["sd15"]),
+        ella=str(hub_layout["ella_file"]),
+        t5=str(hub_layout["t5"]),
+        device="cpu",
+    )
+    assert not loaded.random_weights
+    assert loaded.sources["t5_tokenizer"] == str(hub_layout["t5"])
+    assert_same_models(loaded, tiny)
+
+
+def test_ella_source_may_be_the_folder_holding_the_release_file(tiny, hub_layout):
+    loaded = load_models(
+        "sd15", sd15=str(hub_layout["sd15"]), ella=str(hub_layout["ella_repo"]), t5=str(hub_layout["t5"]), device="cpu"
+    )
+    assert same_weights(loaded.ella, tiny.ella.half().float())
+
+
+def make_hub_cache(cache: Path, repo_id: str, source: Path) -> None:
+    """Lay `source` out as the hub cache does: models--org--name/snapshots/<commit>, refs/main."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo_dir = cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(source, repo_dir / "snapshots" / commit)
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+
+
+def test_default_hub_ids_resolve_through_the_local_hub_cache(tiny, hub_layout, tmp_path):
+    make_hub_cache(tmp_path, SD15_REPO, hub_layout["sd15"])
+    make_hub_cache(tmp_path, "QQGYLab/ELLA", hub_layout["ella_repo"])
+    loaded = load_models("sd15", device="cpu", cache_dir=tmp_path)
+    assert loaded.sources["sd15"] == SD15_REPO
+    assert loaded.sources["ella"] == f"QQGYLab/ELLA/{ELLA_FILENAME}"
+    assert loaded.sources["t5"] == f"QQGYLab/ELLA/{T5_SUBFOLDER}"
+    assert_same_models(loaded, tiny)
+
+
+def test_hub_id_overrides_resolve_through_the_cache(tiny, hub_layout, tmp_path):
+    make_hub_cache(tmp_path, "someone/my-sd15-finetune", hub_layout["sd15"])
+    make_hub_cache(tmp_path, "QQGYLab/ELLA", hub_layout["ella_repo"])
+    loaded = load_models("sd15", sd15="someone/my-sd15-finetune", device="cpu", cache_dir=tmp_path)
+    assert same_weights(loaded.pipe.unet, tiny.pipe.unet)
+
+
+def test_t5_folder_without_tokenizer_uses_flan_t5_xl_tokenizer_from_the_cache(tiny, hub_layout, tmp_path):
+    bare_t5 = tmp_path / "t5_weights_only"
+    shutil.copytree(hub_layout["t5"], bare_t5, ignore=shutil.ignore_patterns("tokenizer*"))
+    tokenizer_repo = tmp_path / "tokenizer_repo"
+    tiny.t5_tokenizer.save_pretrained(tokenizer_repo)
+    make_hub_cache(tmp_path / "cache", "google/flan-t5-xl", tokenizer_repo)
+    loaded = load_models(
+        "sd15",
+        sd15=str(hub_layout["sd15"]),
+        ella=str(hub_layout["ella_file"]),
+        t5=str(bare_t5),
+        device="cpu",
+        cache_dir=tmp_path / "cache",
+    )
+    assert loaded.sources["t5_tokenizer"] == "google/flan-t5-xl"
+    assert loaded.t5_encoder.encode("a red cat").tokens == ("▁a", "▁red", "▁cat", "</s>")
+
+
+def test_single_file_checkpoint_loads_offline_with_shipped_style_configs(tiny, tmp_path):
+    checkpoint = tmp_path / "community-model.safetensors"
+    safetensors.torch.save_file(to_ldm_state_dict(tiny.pipe), str(checkpoint))
+    config_dir = tmp_path / "configs"
+    shutil.copytree(package_config_dir("tiny"), config_dir)
+    tiny.pipe.tokenizer.save_pretrained(config_dir / "tokenizer")
+    ella_file, t5_folder = tmp_path / "ella.safetensors", tmp_path / "t5"
+    save_ella_checkpoint(tiny.ella, ella_file)
+    tiny.t5.save_pretrained(t5_folder)
+    tiny.t5_tokenizer.save_pretrained(t5_folder)
+    loaded = load_models(
+        "sd15", sd15=str(checkpoint), sd15_config=config_dir, ella=str(ella_file), t5=str(t5_folder), device="cpu"
+    )
+    assert_same_models(loaded, tiny)
+
+
+def test_shipped_sd15_single_file_configs_are_complete():
+    folder = package_config_dir("sd15")
+    for name in ("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json"):
+        assert (folder / name).is_file(), name
+    assert (folder / "scheduler" / "scheduler_config.json").is_file()
+
+
+def test_pickle_checkpoints_are_refused_unless_allowed(hub_layout, tmp_path):
+    checkpoint = tmp_path / "model.ckpt"
+    checkpoint.write_bytes(b"pickle bytes are never unpickled here")
+    with pytest.raises(ModelSourceError, match="--allow-pickle"):
+        load_models(
+            "sd15", sd15=str(checkpoint), ella=str(hub_layout["ella_file"]), t5=str(hub_layout["t5"]), device="cpu"
+        )
+
+
+def test_local_sd_folder_missing_files_are_named(hub_layout, tmp_path):
+    broken = tmp_path / "sd15"
+    shutil.copytree(hub_layout["sd15"], broken)
+    (broken / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    (broken / "scheduler" / "scheduler_config.json").unlink()
+    with pytest.raises(ModelSourceError, match=r"lacks scheduler/scheduler_config\.json"):
+        load_models("sd15", sd15=str(broken), ella=str(hub_layout["ella_file"]), t5=str(hub_layout["t5"]), device="cpu")
+    shutil.copytree(hub_layout["sd15"] / "scheduler", broken / "scheduler", dirs_exist_ok=True)
+    with pytest.raises(ModelSourceError, match=r"has no vae weights: expected vae/diffusion_pytorch_model.safetensors"):
+        load_models("sd15", sd15=str(broken), ella=str(hub_layout["ella_file"]), t5=str(hub_layout["t5"]), device="cpu")
+
+
+def test_mismatched_parts_are_a_clear_error(hub_layout, tmp_path):
+    release_like = tmp_path / ELLA_FILENAME
+    save_ella_checkpoint(ELLA(layers=1), release_like)
+    with pytest.raises(ModelSourceError, match="do not fit together: the UNet reads 32-wide tokens"):
+        load_models(
+            "sd15", sd15=str(hub_layout["sd15"]), ella=str(release_like), t5=str(hub_layout["t5"]), device="cpu"
+        )
+
+
+@pytest.mark.parametrize("spec", ["not a path or id", "/does/not/exist", "./missing-folder"])
+def test_sources_that_are_neither_paths_nor_hub_ids_are_rejected(spec):
+    with pytest.raises(ModelSourceError, match="neither an existing local path nor a hub id"):
+        parse_source(spec)
+
+
+def test_hub_ids_with_a_path_inside_the_repo_are_parsed():
+    location = parse_source("QQGYLab/ELLA/models--google--flan-t5-xl--text_encoder")
+    assert (location.repo_id, location.path) == ("QQGYLab/ELLA", T5_SUBFOLDER)
+
+
+# --- no hub ------------------------------------------------------------------------------------
+
+
+def test_offline_with_an_empty_cache_names_every_missing_file(tmp_path):
+    started = time.monotonic()
+    with pytest.raises(ModelSourceError) as raised:
+        load_models("sd15", device="cpu", cache_dir=tmp_path)
+    assert time.monotonic() - started < 10
+    message = str(raised.value)
+    for expected in (ELLA_FILENAME, f"{T5_SUBFOLDER}/*.safetensors", "unet/diffusion_pytorch_model.safetensors"):
+        assert expected in message
+    assert "--preset tiny" in message and "--sd15 / --ella / --t5 PATH" in message
+
+
+def test_unreachable_hub_fails_within_seconds_and_names_the_files(tmp_path):
+    """Online mode against a hub address where nothing listens: no stall, a useful message."""
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "0",
+        "HF_HOME": str(tmp_path / "hf_home"),
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    script = "from ella_demo import load_models\nload_models('sd15', device='cpu')\n"
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - started
+    assert result.returncode != 0
+    assert "ModelSourceError" in result.stderr
+    assert "Connection refused" in result.stderr
+    assert ELLA_FILENAME in result.stderr and "model_index.json" in result.stderr
+    assert elapsed < 60, f"took {elapsed:.0f} s to report an unreachable hub"
