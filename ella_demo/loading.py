@@ -22,6 +22,7 @@ from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusio
 from huggingface_hub import snapshot_download
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokenizer
 
+from .caching import LRUCache
 from .config import (
     DEFAULT_SOURCES,
     ELLA_CONFIG_METADATA_KEY,
@@ -98,10 +99,14 @@ class LoadedModels:
     sources: dict[str, str] = field(default_factory=dict)
     t5_encoder: T5PromptEncoder = field(init=False)
     clip_encoder: CLIPPromptEncoder = field(init=False)
+    condition_cache: LRUCache[torch.Tensor] = field(init=False)
 
     def __post_init__(self) -> None:
         self.t5_encoder = T5PromptEncoder(self.t5, self.t5_tokenizer)
         self.clip_encoder = CLIPPromptEncoder(self.pipe.text_encoder, self.pipe.tokenizer)
+        # Connector outputs for negative prompts, keyed by (prompt, length, timestep, device, dtype):
+        # 1024 entries of 64x768 fp16 are about 100 MB.
+        self.condition_cache = LRUCache(1024)
 
     @property
     def device(self) -> torch.device:

@@ -8,12 +8,12 @@ used for classifier-free guidance, is pinned and computed once per model and len
 
 from __future__ import annotations
 
-import threading
 import warnings
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
+
+from .caching import LRUCache
 
 FLEXIBLE = "flexible"
 DEFAULT_T5_LENGTH = 128  # the token length ELLA was trained with
@@ -104,12 +104,7 @@ class _CachedEncoder:
     def __init__(self, model: torch.nn.Module, tokenizer, cache_size: int = 64):
         self.model = model
         self.tokenizer = tokenizer
-        self.cache_size = cache_size
-        self._cache: OrderedDict[tuple, TextEncoding] = OrderedDict()
-        self._pinned: dict[tuple, TextEncoding] = {}
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
+        self.cache = LRUCache[TextEncoding](cache_size)
 
     @property
     def device(self) -> torch.device:
@@ -119,42 +114,11 @@ class _CachedEncoder:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    def _lookup(self, key: tuple) -> TextEncoding | None:
-        with self._lock:
-            found = self._pinned.get(key)
-            if found is None and key in self._cache:
-                self._cache.move_to_end(key)
-                found = self._cache[key]
-            if found is None:
-                self.misses += 1
-            else:
-                self.hits += 1
-            return found
-
-    def _store(self, key: tuple, encoding: TextEncoding) -> None:
-        with self._lock:
-            if encoding.prompt == "":
-                self._pinned[key] = encoding
-                return
-            self._cache[key] = encoding
-            self._cache.move_to_end(key)
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-
-    def clear_cache(self) -> None:
-        with self._lock:
-            self._cache.clear()
-            self._pinned.clear()
-            self.hits = self.misses = 0
-
     def _encode_cached(self, prompt: str, length_key, max_length: int, pad: bool) -> TextEncoding:
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
         key = (prompt, length_key, str(self.device), self.dtype)
-        encoding = self._lookup(key)
-        if encoding is None:
-            encoding = self._encode(prompt, max_length, pad)
-            self._store(key, encoding)
+        encoding = self.cache.get_or_compute(key, lambda: self._encode(prompt, max_length, pad), pin=prompt == "")
         if encoding.dropped_tokens:
             warnings.warn(f"{type(self).__name__}: {encoding.truncation_message}", PromptTruncatedWarning, stacklevel=3)
         return encoding

@@ -71,9 +71,9 @@ def test_repeated_prompt_is_served_from_the_cache(t5_encoder):
     first = t5_encoder.encode(PROMPT)
     second = t5_encoder.encode(PROMPT)
     assert second is first
-    assert (t5_encoder.hits, t5_encoder.misses) == (1, 1)
+    assert (t5_encoder.cache.hits, t5_encoder.cache.misses) == (1, 1)
     t5_encoder.encode(PROMPT, 128)  # another mode is another entry
-    assert t5_encoder.misses == 2
+    assert t5_encoder.cache.misses == 2
 
 
 def test_cache_evicts_the_least_recently_used_prompt(t5_encoder):
@@ -81,27 +81,27 @@ def test_cache_evicts_the_least_recently_used_prompt(t5_encoder):
         t5_encoder.encode(prompt)
     t5_encoder.encode("one cat")  # refresh it
     t5_encoder.encode("four birds")  # evicts "two cats" (cache_size is 3)
-    misses = t5_encoder.misses
+    misses = t5_encoder.cache.misses
     t5_encoder.encode("one cat")
-    assert t5_encoder.misses == misses
+    assert t5_encoder.cache.misses == misses
     t5_encoder.encode("two cats")
-    assert t5_encoder.misses == misses + 1
+    assert t5_encoder.cache.misses == misses + 1
 
 
 def test_empty_prompt_is_encoded_once_and_never_evicted(t5_encoder):
     t5_encoder.encode("")
     for index in range(10):
         t5_encoder.encode(f"{index} red cats")
-    misses = t5_encoder.misses
+    misses = t5_encoder.cache.misses
     empty = t5_encoder.encode("")
-    assert t5_encoder.misses == misses
+    assert t5_encoder.cache.misses == misses
     assert empty.tokens == ("</s>",)
 
 
 def test_cache_key_includes_device_and_dtype(tiny):
     encoder = T5PromptEncoder(tiny.t5, tiny.t5_tokenizer)
     encoder.encode(PROMPT)
-    key = next(iter(encoder._cache))
+    (key,) = encoder.cache.keys()
     assert key == (PROMPT, FLEXIBLE, "cpu", torch.float32)
 
 

@@ -1,0 +1,266 @@
+"""Capture during sampling: TSC attention, UNet cross-attention maps, x0 previews, all as plain arrays.
+
+Capture is opt-in. Buffers are allocated once per run on the model's device, written in place at
+every step, and copied to the CPU once at the end. The UNet is observed through attention
+processors that record only while a recorder is active in the calling context (a context
+variable), so a traced run never disturbs another request running at the same time, and the
+original processors come back when the last traced run leaves, even after an exception.
+
+Shapes: S steps, N images, Q connector queries, L tokens, h x w latent size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.nn import functional
+
+from .text_encoders import Word
+
+# SD1.5 latent channels -> approximate RGB, the linear map community tools use for cheap latent
+# previews (ComfyUI's `latent_rgb_factors` for SD1.x). Applied to the predicted clean latents.
+LATENT_RGB_FACTORS = torch.tensor(
+    [
+        [0.3512, 0.2297, 0.3227],
+        [0.3250, 0.4974, 0.2350],
+        [-0.2829, 0.1762, 0.2721],
+        [-0.2120, -0.2616, -0.7177],
+    ]
+)
+
+# Layers at the full latent resolution are stored average-pooled 2x2 (DESIGN.md 3: a 64x64 map at
+# 512 px per step would dominate the trace's memory).
+POOLED_FACTOR = 1
+
+
+@dataclass
+class SideTrace:
+    """What was recorded for one side (CLIP or ELLA).
+
+    cross_attention: native resolution name ("32x32") -> (S, h', w', L) float16, the head- and
+        layer-mean cross-attention of the first image's conditional branch; layers at the full
+        latent resolution are pooled 2x2 (see `pooled`).
+    previews: (S, N, h, w, 3) uint8, the x0 estimate after each step, linearly decoded.
+    tokens/words: the key axis L of the cross-attention (for ELLA: the 64 queries, or CLIP's 77
+        tokens followed by the queries in ella+clip mode).
+    """
+
+    cross_attention: dict[str, np.ndarray]
+    pooled: tuple[str, ...]
+    previews: np.ndarray
+    tokens: tuple[str, ...]
+
+
+@dataclass
+class Trace:
+    """Everything recorded in one traced run; plain CPU arrays with documented axes.
+
+    timesteps: (S,) the scheduler's timesteps, high noise first.
+    tsc_attention: (S, layers, heads, Q, Q + L_t5) float16, the connector's attention for the
+        conditional prompt at each step; key axis = [Q latents, then the L_t5 T5 tokens].
+    t5_tokens/t5_words and clip_tokens/clip_words: the prompt as each encoder split it.
+    """
+
+    timesteps: np.ndarray
+    tsc_attention: np.ndarray | None
+    t5_tokens: tuple[str, ...]
+    t5_words: tuple[Word, ...]
+    clip_tokens: tuple[str, ...]
+    clip_words: tuple[Word, ...]
+    sides: dict[str, SideTrace] = field(default_factory=dict)
+    mode: str = "ella"
+    settings: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# UNet cross-attention
+
+
+_ACTIVE_RECORDER: contextvars.ContextVar[CrossAttentionRecorder | None] = contextvars.ContextVar(
+    "ella_demo_cross_attention_recorder", default=None
+)
+
+
+class CrossAttentionRecorder:
+    """Accumulates head-mean cross-attention maps of chosen batch rows, per step and resolution.
+
+    rows: side name -> (row index in the UNet batch, number of real key tokens).
+    """
+
+    def __init__(self, rows: dict[str, tuple[int, int]], latent_size: tuple[int, int], steps: int, device):
+        self.rows = rows
+        self.latent_size = latent_size
+        self.steps = steps
+        self.device = device
+        self.step = 0
+        self._sums: dict[tuple[str, int], torch.Tensor] = {}
+        self._counts: dict[int, torch.Tensor] = {}
+        self._pixels: dict[int, int] = {}
+
+    def record(self, attn, hidden_states: torch.Tensor, context: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """hidden_states (B, h*w, C) queries, context (B, L, D) keys, bias (B, 1, L) or None."""
+        row_index = torch.tensor([row for row, _ in self.rows.values()], device=hidden_states.device)
+        queries = attn.to_q(hidden_states.index_select(0, row_index))
+        keys_in = context.index_select(0, row_index)
+        if attn.norm_cross:
+            keys_in = attn.norm_encoder_hidden_states(keys_in)
+        keys = attn.to_k(keys_in)
+        batch, pixels, _ = queries.shape
+        heads = attn.heads
+        queries = queries.view(batch, pixels, heads, -1).transpose(1, 2).float()
+        keys = keys.view(batch, keys.shape[1], heads, -1).transpose(1, 2).float()
+        scores = queries @ keys.transpose(-1, -2) * attn.scale
+        if bias is not None:
+            scores = scores + bias.index_select(0, row_index).float().view(batch, 1, 1, -1)
+        maps = scores.softmax(dim=-1).mean(dim=1)  # (sides, h*w, L)
+        factor, height, width = self._grid(pixels)
+        maps = maps.view(batch, height, width, -1)
+        if factor == POOLED_FACTOR:
+            maps = functional.avg_pool2d(maps.permute(0, 3, 1, 2), 2, ceil_mode=True).permute(0, 2, 3, 1)
+        for position, (side, (_, length)) in enumerate(self.rows.items()):
+            key = (side, factor)
+            if key not in self._sums:
+                self._sums[key] = torch.zeros(self.steps, *maps.shape[1:3], length, device=self.device)
+            self._sums[key][self.step] += maps[position, ..., :length]
+        self._pixels[factor] = pixels
+        counts = self._counts.setdefault(factor, torch.zeros(self.steps, device=self.device))
+        counts[self.step] += 1
+
+    def _grid(self, pixels: int) -> tuple[int, int, int]:
+        """(downsampling factor, height, width) of a layer with `pixels` query positions."""
+        factor = 1
+        while factor <= max(self.latent_size):
+            height, width = -(-self.latent_size[0] // factor), -(-self.latent_size[1] // factor)
+            if height * width == pixels:
+                return factor, height, width
+            factor *= 2
+        raise ValueError(f"no UNet level of a {self.latent_size} latent has {pixels} positions")
+
+    def results(self) -> dict[str, tuple[dict[str, np.ndarray], tuple[str, ...]]]:
+        """side -> (resolution name -> (S, h', w', L) float16 layer means, pooled names)."""
+        out: dict[str, tuple[dict[str, np.ndarray], tuple[str, ...]]] = {}
+        for side in self.rows:
+            maps, pooled = {}, []
+            for (map_side, factor), total in sorted(self._sums.items(), key=lambda item: -item[0][1]):
+                if map_side != side:
+                    continue
+                _, height, width = self._grid(self._pixels[factor])
+                name = f"{height}x{width}"
+                mean = total / self._counts[factor].clamp(min=1).view(-1, 1, 1, 1)
+                maps[name] = mean.half().cpu().numpy()
+                if factor == POOLED_FACTOR:
+                    pooled.append(name)
+            out[side] = (maps, tuple(pooled))
+        return out
+
+
+class RecordingAttnProcessor:
+    """Wraps a cross-attention layer's processor; records while a recorder is active here."""
+
+    def __init__(self, original):
+        self.original = original
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+        recorder = _ACTIVE_RECORDER.get()
+        if recorder is not None and encoder_hidden_states is not None:
+            recorder.record(attn, hidden_states, encoder_hidden_states, attention_mask)
+        return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
+
+
+class _ProcessorInstaller:
+    """Reference-counted installation of recording processors on a UNet's cross-attention layers."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._users: dict[int, int] = {}
+        self._originals: dict[int, dict] = {}
+
+    def acquire(self, unet) -> None:
+        with self._lock:
+            key = id(unet)
+            if self._users.get(key, 0) == 0:
+                originals = dict(unet.attn_processors)
+                self._originals[key] = originals
+                unet.set_attn_processor(
+                    {
+                        name: RecordingAttnProcessor(processor) if name.endswith("attn2.processor") else processor
+                        for name, processor in originals.items()
+                    }
+                )
+            self._users[key] = self._users.get(key, 0) + 1
+
+    def release(self, unet) -> None:
+        with self._lock:
+            key = id(unet)
+            self._users[key] -= 1
+            if self._users[key] == 0:
+                unet.set_attn_processor(self._originals.pop(key))
+                del self._users[key]
+
+
+_INSTALLER = _ProcessorInstaller()
+
+
+@contextlib.contextmanager
+def recording_cross_attention(unet, recorder: CrossAttentionRecorder):
+    """Record `unet`'s cross-attention into `recorder` for the calls made inside this block.
+
+    The original processors are restored when the last concurrent recording block exits,
+    whether it exits normally or by an exception.
+    """
+    _INSTALLER.acquire(unet)
+    token = _ACTIVE_RECORDER.set(recorder)
+    try:
+        yield recorder
+    finally:
+        _ACTIVE_RECORDER.reset(token)
+        _INSTALLER.release(unet)
+
+
+# ---------------------------------------------------------------------------------------------
+# Previews and TSC attention
+
+
+def predicted_clean_latents(scaled_latents: torch.Tensor, noise: torch.Tensor, alpha_bar: float) -> torch.Tensor:
+    """x0 = (x_t - sqrt(1 - a) * eps) / sqrt(a), from the scheduler-scaled model input x_t (N, 4, h, w)."""
+    return (scaled_latents - (1 - alpha_bar) ** 0.5 * noise) / alpha_bar**0.5
+
+
+def latents_to_preview(latents: torch.Tensor) -> torch.Tensor:
+    """(N, 4, h, w) latents -> (N, h, w, 3) uint8 RGB through the linear approximation."""
+    factors = LATENT_RGB_FACTORS.to(latents.device, torch.float32)
+    rgb = torch.einsum("nchw,cr->nhwr", latents.float(), factors)
+    return ((rgb + 1) * 127.5).clamp(0, 255).to(torch.uint8)
+
+
+class StepBuffers:
+    """Per-step buffers on the device: TSC attention and previews, copied to the CPU once."""
+
+    def __init__(self, steps: int, device):
+        self.steps = steps
+        self.device = device
+        self.tsc_attention: torch.Tensor | None = None
+        self.previews: dict[str, torch.Tensor] = {}
+
+    def store_tsc(self, step: int, attention: torch.Tensor) -> None:
+        """attention (1, layers, heads, Q, Q + L) for the conditional prompt."""
+        if self.tsc_attention is None:
+            self.tsc_attention = torch.empty(self.steps, *attention.shape[1:], dtype=torch.float16, device=self.device)
+        self.tsc_attention[step] = attention[0]
+
+    def store_preview(self, side: str, step: int, preview: torch.Tensor) -> None:
+        """preview (N, h, w, 3) uint8."""
+        if side not in self.previews:
+            self.previews[side] = torch.empty(self.steps, *preview.shape, dtype=torch.uint8, device=self.device)
+        self.previews[side][step] = preview
+
+    def tsc_numpy(self) -> np.ndarray | None:
+        return None if self.tsc_attention is None else self.tsc_attention.cpu().numpy()
+
+    def previews_numpy(self, side: str) -> np.ndarray:
+        return self.previews[side].cpu().numpy()

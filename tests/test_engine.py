@@ -1,0 +1,309 @@
+"""The side-by-side engine against diffusers' own pipeline and the official ELLA approach."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from ella_demo import generate
+from ella_demo.schedulers import SCHEDULERS, make_scheduler
+from ella_demo.settings import SettingsError
+
+PROMPT = "a red cat sitting on a blue chair"
+SMALL = {"num_inference_steps": 3, "height": 32, "width": 32}
+
+
+def diffusers_pipeline(models, scheduler: str, unet=None) -> StableDiffusionPipeline:
+    """A new pipeline over the shared modules with its own scheduler (the shared one is untouched)."""
+    pipe = models.pipe
+    return StableDiffusionPipeline(
+        vae=pipe.vae,
+        text_encoder=pipe.text_encoder,
+        tokenizer=pipe.tokenizer,
+        unet=unet or pipe.unet,
+        scheduler=make_scheduler(scheduler, pipe.scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+class EllaProxyUNet(torch.nn.Module):
+    """The official ELLA integration: the UNet's text condition goes through the connector at each
+    call's timestep. Written here as the reference the engine must agree with."""
+
+    def __init__(self, unet, ella):
+        super().__init__()
+        self.unet, self.ella = unet, ella
+        self.config = unet.config
+
+    @property
+    def dtype(self):
+        return self.unet.dtype
+
+    @property
+    def device(self):
+        return self.unet.device
+
+    def forward(self, sample, timestep, encoder_hidden_states, **kwargs):
+        tokens = self.ella(encoder_hidden_states, timestep)
+        return self.unet(sample, timestep, encoder_hidden_states=tokens, **kwargs)
+
+
+@pytest.mark.parametrize("scheduler", ["dpm++", "ddim", "euler_a", "unipc"])
+def test_clip_side_equals_diffusers_pipeline(tiny, scheduler):
+    settings = {"guidance_scale": 7.5, "num_images": 2, **SMALL}
+    ours = generate(tiny, PROMPT, negative_prompt="blurry", seed=3, scheduler=scheduler, sides="clip", **settings)
+    reference = diffusers_pipeline(tiny, scheduler)(
+        PROMPT,
+        negative_prompt="blurry",
+        generator=torch.Generator("cpu").manual_seed(3),
+        num_images_per_prompt=settings.pop("num_images"),
+        output_type="np",
+        **settings,
+    ).images
+    assert ours.clip_pixels.shape == reference.shape
+    assert np.abs(ours.clip_pixels - reference).max() < 1e-4
+
+
+@pytest.mark.parametrize("scheduler", ["dpm++", "euler_a"])
+def test_ella_side_equals_the_official_proxy_unet_approach(tiny, scheduler):
+    length = 16  # a fixed T5 length gives cond and uncond the same shape, as diffusers needs
+    ours = generate(
+        tiny, PROMPT, seed=5, scheduler=scheduler, t5_length=length, sides="ella", guidance_scale=9, **SMALL
+    )
+    cond = tiny.t5_encoder.encode(PROMPT, length).features
+    uncond = tiny.t5_encoder.encode("", length).features
+    reference = diffusers_pipeline(tiny, scheduler, EllaProxyUNet(tiny.pipe.unet, tiny.ella))(
+        prompt_embeds=cond,
+        negative_prompt_embeds=uncond,
+        generator=torch.Generator("cpu").manual_seed(5),
+        guidance_scale=9,
+        output_type="np",
+        **SMALL,
+    ).images
+    assert np.abs(ours.ella_pixels - reference).max() < 1e-4
+
+
+@pytest.mark.parametrize("mode", ["ella", "ella+clip"])
+def test_one_batched_unet_call_equals_separate_runs(tiny, mode):
+    both = generate(tiny, PROMPT, negative_prompt="dark", seed=11, mode=mode, num_images=2, **SMALL)
+    clip_only = generate(tiny, PROMPT, negative_prompt="dark", seed=11, mode=mode, num_images=2, sides="clip", **SMALL)
+    ella_only = generate(tiny, PROMPT, negative_prompt="dark", seed=11, mode=mode, num_images=2, sides="ella", **SMALL)
+    assert np.abs(both.clip_pixels - clip_only.clip_pixels).max() < 1e-4
+    assert np.abs(both.ella_pixels - ella_only.ella_pixels).max() < 1e-4
+    assert clip_only.ella_images == [] and ella_only.clip_images == []
+
+
+def test_the_unet_is_called_once_per_step_for_both_sides(tiny):
+    calls = []
+    handle = tiny.pipe.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append(args[0].shape[0]), with_kwargs=True
+    )
+    try:
+        generate(tiny, PROMPT, num_images=3, **SMALL)
+    finally:
+        handle.remove()
+    assert calls == [2 * 2 * 3] * SMALL["num_inference_steps"]  # 2 sides x (uncond, cond) x 3 images
+
+
+def test_both_sides_start_from_identical_latents(tiny):
+    first_inputs = []
+
+    def keep_first(module, args, kwargs):
+        if not first_inputs:
+            first_inputs.append(args[0].clone())
+
+    handle = tiny.pipe.unet.register_forward_pre_hook(keep_first, with_kwargs=True)
+    try:
+        generate(tiny, PROMPT, num_images=2, **SMALL)
+    finally:
+        handle.remove()
+    clip_rows, ella_rows = first_inputs[0].chunk(2)
+    assert torch.equal(clip_rows, ella_rows)
+
+
+def test_same_seed_is_identical_and_different_seeds_differ(tiny):
+    first = generate(tiny, PROMPT, seed=1, **SMALL)
+    again = generate(tiny, PROMPT, seed=1, **SMALL)
+    other = generate(tiny, PROMPT, seed=2, **SMALL)
+    assert np.array_equal(first.ella_pixels, again.ella_pixels)
+    assert np.array_equal(first.clip_pixels, again.clip_pixels)
+    assert np.abs(first.ella_pixels - other.ella_pixels).max() > 1e-3
+
+
+def test_guidance_changes_the_image_and_scale_one_means_no_guidance(tiny):
+    unguided = generate(tiny, PROMPT, guidance_scale=1.0, **SMALL)
+    guided = generate(tiny, PROMPT, guidance_scale=12.0, **SMALL)
+    assert np.abs(unguided.ella_pixels - guided.ella_pixels).max() > 1e-3
+    calls = []
+    handle = tiny.pipe.unet.register_forward_pre_hook(lambda m, a, k: calls.append(a[0].shape[0]), with_kwargs=True)
+    try:
+        generate(tiny, PROMPT, guidance_scale=1.0, **SMALL)
+    finally:
+        handle.remove()
+    assert calls[0] == 2  # one conditional row per side
+
+
+def test_negative_prompt_changes_both_sides(tiny):
+    plain = generate(tiny, PROMPT, seed=4, **SMALL)
+    negative = generate(tiny, PROMPT, negative_prompt="green dog", seed=4, **SMALL)
+    assert np.abs(plain.clip_pixels - negative.clip_pixels).max() > 1e-4
+    assert np.abs(plain.ella_pixels - negative.ella_pixels).max() > 1e-4
+
+
+def test_unconditional_connector_outputs_are_cached_per_negative_prompt_and_timestep(tiny):
+    tiny.condition_cache.clear()
+    generate(tiny, PROMPT, negative_prompt="fog", **SMALL)
+    assert tiny.condition_cache.misses == SMALL["num_inference_steps"]
+    generate(tiny, "another prompt", negative_prompt="fog", **SMALL)
+    assert tiny.condition_cache.hits == SMALL["num_inference_steps"]
+    assert tiny.condition_cache.misses == SMALL["num_inference_steps"]
+
+
+def snapshot_shared_state(models):
+    scheduler = models.pipe.scheduler
+    return (
+        dict(models.pipe.unet.attn_processors),
+        dict(scheduler.config),
+        scheduler.num_inference_steps,
+        scheduler.timesteps.clone(),
+    )
+
+
+def assert_shared_state_equal(before, after):
+    processors_before, config_before, steps_before, timesteps_before = before
+    processors_after, config_after, steps_after, timesteps_after = after
+    assert processors_after.keys() == processors_before.keys()
+    assert all(processors_after[name] is processors_before[name] for name in processors_before)
+    assert config_after == config_before and steps_after == steps_before
+    assert torch.equal(timesteps_after, timesteps_before)
+
+
+def test_shared_scheduler_and_processors_unchanged_after_a_traced_run(tiny):
+    before = snapshot_shared_state(tiny)
+    generate(tiny, PROMPT, trace=True, scheduler="euler", num_inference_steps=5, height=32, width=32)
+    assert_shared_state_equal(before, snapshot_shared_state(tiny))
+
+
+def test_shared_state_restored_after_a_run_that_raises(tiny):
+    before = snapshot_shared_state(tiny)
+
+    def fail_midway(step, total):
+        if step == 2:
+            raise RuntimeError("simulated failure mid-run")
+
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        generate(tiny, PROMPT, trace=True, progress=fail_midway, **SMALL)
+    assert_shared_state_equal(before, snapshot_shared_state(tiny))
+    after_failure = generate(tiny, PROMPT, seed=9, **SMALL)  # and the next run works
+    assert after_failure.ella_pixels.shape == (1, 32, 32, 3)
+
+
+def test_tracing_does_not_change_the_images(tiny):
+    plain = generate(tiny, PROMPT, seed=6, **SMALL)
+    traced = generate(tiny, PROMPT, seed=6, trace=True, **SMALL)
+    assert np.abs(plain.ella_pixels - traced.ella_pixels).max() < 1e-5
+    assert plain.trace is None and traced.trace is not None
+
+
+@pytest.mark.parametrize("mode", ["ella", "ella+clip"])
+def test_trace_shapes_and_normalisation(tiny, mode):
+    steps, count = 4, 2
+    result = generate(
+        tiny, PROMPT, num_inference_steps=steps, height=64, width=48, num_images=count, trace=True, mode=mode
+    )
+    trace = result.trace
+    queries, layers, heads = tiny.ella.config.num_latents, tiny.ella.config.layers, tiny.ella.config.heads
+    t5_length = len(trace.t5_tokens)
+    assert trace.timesteps.shape == (steps,)
+    assert trace.tsc_attention.shape == (steps, layers, heads, queries, queries + t5_length)
+    assert trace.tsc_attention.dtype == np.float16
+    assert np.allclose(trace.tsc_attention.astype(np.float32).sum(-1), 1, atol=2e-3)
+    ella_keys = queries + (77 if mode == "ella+clip" else 0)
+    for side, keys in (("clip", 77), ("ella", ella_keys)):
+        side_trace = trace.sides[side]
+        assert len(side_trace.tokens) == keys
+        assert side_trace.previews.shape == (steps, count, 8, 6, 3)
+        assert side_trace.previews.dtype == np.uint8
+        # latent 8x6: full-resolution layers pooled to 4x3, then the 4x3 and 2x2 (ceil) levels
+        assert {name: maps.shape for name, maps in side_trace.cross_attention.items()} == {
+            "8x6": (steps, 4, 3, keys),
+            "4x3": (steps, 4, 3, keys),
+            "2x2": (steps, 2, 2, keys),
+        }
+        assert side_trace.pooled == ("8x6",)
+        for maps in side_trace.cross_attention.values():
+            assert np.allclose(maps.astype(np.float32).sum(-1), 1, atol=2e-3)
+    assert [word.text for word in trace.t5_words][:3] == ["a", "red", "cat"]
+
+
+def test_trace_records_the_connector_attention_of_each_steps_timestep(tiny):
+    result = generate(tiny, PROMPT, trace=True, **SMALL)
+    features = tiny.t5_encoder.encode(PROMPT).features
+    for step, timestep in enumerate(result.trace.timesteps):
+        with torch.no_grad():
+            _, expected = tiny.ella(features, torch.tensor(timestep), return_attention=True)
+        assert np.allclose(result.trace.tsc_attention[step], expected[0].numpy(), atol=1e-3)
+
+
+def test_timings_cover_every_phase(tiny):
+    result = generate(tiny, PROMPT, **SMALL)
+    assert set(result.timings) == {"t5", "clip", "tsc", "unet", "vae", "total"}
+    assert all(seconds >= 0 for seconds in result.timings.values())
+    assert result.timings["total"] >= result.timings["unet"]
+
+
+def test_truncated_prompts_are_reported_in_the_result(tiny):
+    with pytest.warns(UserWarning):
+        result = generate(tiny, "red " * 200, t5_length=128, **SMALL)
+    assert any(note.startswith("CLIP:") and "last 125 tokens" in note for note in result.warnings)
+    assert any(note.startswith("T5:") and "last 73 tokens" in note for note in result.warnings)
+
+
+@pytest.mark.parametrize("scheduler", sorted(SCHEDULERS))
+def test_every_scheduler_runs(tiny, scheduler):
+    result = generate(tiny, PROMPT, scheduler=scheduler, **SMALL)
+    assert np.isfinite(result.ella_pixels).all() and np.isfinite(result.clip_pixels).all()
+
+
+@pytest.mark.parametrize(
+    ("argument", "value", "message"),
+    [
+        ("seed", -1, "seed must be a whole number from 0 to 4294967295, got -1"),
+        ("seed", 2**32, "seed must be a whole number from 0 to 4294967295"),
+        ("num_inference_steps", 0, "num_inference_steps must be a whole number from 1 to 150, got 0"),
+        ("num_inference_steps", 151, "from 1 to 150, got 151"),
+        ("guidance_scale", 31, "guidance_scale must be a number from 0 to 30, got 31"),
+        ("guidance_scale", -0.5, "guidance_scale must be a number from 0 to 30"),
+        ("num_images", 5, "num_images must be a whole number from 1 to 4, got 5"),
+        ("height", 36, "height must be a multiple of 8 from 8 to 1024, got 36"),
+        ("width", 2048, "width must be a whole number from 8 to 1024, got 2048"),
+        ("scheduler", "lms", "scheduler must be one of dpm\\+\\+, ddim, euler, euler_a, unipc, pndm, got 'lms'"),
+        ("mode", "t5", "mode must be one of ella, ella\\+clip, got 't5'"),
+        ("t5_length", 0, "t5_length must be 'flexible' or a token count from 1 to 512"),
+        ("sides", "left", "sides must be one of both, clip, ella"),
+        ("prompt", None, "prompt must be text, got NoneType"),
+    ],
+)
+def test_bad_arguments_are_rejected_before_any_model_work(tiny, argument, value, message):
+    misses = tiny.t5_encoder.cache.misses + tiny.clip_encoder.cache.misses
+    arguments = {"prompt": "a never seen prompt", **SMALL, argument: value}
+    with pytest.raises(SettingsError, match=message):
+        generate(tiny, **arguments)
+    assert tiny.t5_encoder.cache.misses + tiny.clip_encoder.cache.misses == misses
+
+
+def test_real_presets_require_sizes_from_256(tiny):
+    from ella_demo.settings import GenerationSettings, validate
+
+    with pytest.raises(SettingsError, match="height must be a whole number from 256 to 1024, got 64"):
+        validate(GenerationSettings(prompt="x", height=64), "random-sd15")
+    validate(GenerationSettings(prompt="x", height=256, width=1024), "sd15")
+
+
+def test_empty_prompt_is_allowed_on_both_sides(tiny):
+    result = generate(tiny, "", **SMALL)
+    assert len(result.clip_images) == 1 and len(result.ella_images) == 1
