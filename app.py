@@ -10,21 +10,12 @@ import argparse
 import sys
 import time
 
-from ella_demo import load_models
-from ella_demo.config import PRESETS
-from ella_demo.devices import DeviceError
-from ella_demo.loading import ModelSourceError
+from ella_demo.cli import USER_ERRORS, add_model_arguments, load_from_args
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=PRESETS, default="sd15", help="sd15 = real weights (default)")
-    parser.add_argument("--sd15", help="SD1.5 hub id, diffusers folder, or single .safetensors file")
-    parser.add_argument("--ella", help="ELLA hub id, folder, or .safetensors file")
-    parser.add_argument("--t5", help="T5 encoder hub id (org/name[/subfolder]) or folder")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), help="default: fp16 on GPU, fp32 on CPU")
-    parser.add_argument("--allow-pickle", action="store_true", help="also read .bin/.ckpt weights (can run code)")
+    add_model_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -32,16 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     try:
-        models = load_models(
-            args.preset,
-            sd15=args.sd15,
-            ella=args.ella,
-            t5=args.t5,
-            device=args.device,
-            dtype=args.dtype,
-            allow_pickle=args.allow_pickle,
-        )
-    except (ModelSourceError, DeviceError, ValueError) as error:
+        models = load_from_args(args)
+    except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"Loaded preset {models.preset} on {models.placement.describe()} in {time.perf_counter() - started:.1f} s")

@@ -307,3 +307,21 @@ def test_real_presets_require_sizes_from_256(tiny):
 def test_empty_prompt_is_allowed_on_both_sides(tiny):
     result = generate(tiny, "", **SMALL)
     assert len(result.clip_images) == 1 and len(result.ella_images) == 1
+
+
+def test_concurrent_traced_and_untraced_runs_keep_their_own_results(tiny):
+    """Recording processors observe only the request that installed them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    solo_traced = generate(tiny, PROMPT, seed=1, trace=True, **SMALL)
+    solo_plain = generate(tiny, "three white birds", seed=2, **SMALL)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        traced = pool.submit(generate, tiny, PROMPT, seed=1, trace=True, **SMALL)
+        plain = pool.submit(generate, tiny, "three white birds", seed=2, **SMALL)
+        traced, plain = traced.result(), plain.result()
+    assert np.abs(traced.ella_pixels - solo_traced.ella_pixels).max() < 1e-5
+    assert np.abs(plain.ella_pixels - solo_plain.ella_pixels).max() < 1e-5
+    assert plain.trace is None
+    for side in ("clip", "ella"):
+        for name, maps in traced.trace.sides[side].cross_attention.items():
+            assert np.allclose(maps, solo_traced.trace.sides[side].cross_attention[name], atol=1e-3), (side, name)

@@ -1,0 +1,7 @@
+"""`python -m ella_demo`: see cli.py."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,140 @@
+"""Command line: `python -m ella_demo {generate,bench} ...`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .config import PRESETS
+from .devices import DeviceError
+from .loading import LoadedModels, ModelSourceError, load_models
+from .settings import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_SIZE,
+    DEFAULT_STEPS,
+    MODES,
+    SCHEDULER_NAMES,
+    SIDES,
+    SettingsError,
+)
+from .text_encoders import FLEXIBLE
+
+USER_ERRORS = (ModelSourceError, DeviceError, SettingsError, ValueError)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, default_preset: str = "sd15") -> None:
+    """The model-choice flags shared by app.py and every subcommand."""
+    group = parser.add_argument_group("models")
+    group.add_argument("--preset", choices=PRESETS, default=default_preset, help="sd15 = real weights")
+    group.add_argument("--sd15", help="SD1.5 hub id, diffusers folder, or single .safetensors file")
+    group.add_argument("--ella", help="ELLA hub id, folder, or .safetensors file")
+    group.add_argument("--t5", help="T5 encoder hub id (org/name[/subfolder]) or folder")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    group.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), help="default: fp16 on GPU, fp32 on CPU")
+    group.add_argument("--allow-pickle", action="store_true", help="also read .bin/.ckpt weights (can run code)")
+
+
+def load_from_args(args: argparse.Namespace) -> LoadedModels:
+    return load_models(
+        args.preset,
+        sd15=args.sd15,
+        ella=args.ella,
+        t5=args.t5,
+        device=args.device,
+        dtype=args.dtype,
+        allow_pickle=args.allow_pickle,
+    )
+
+
+def _t5_length(text: str) -> int | str:
+    return FLEXIBLE if text == FLEXIBLE else int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ella_demo", description="ELLA Explorer command line")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    gen = commands.add_parser("generate", help="generate with CLIP and ELLA side by side")
+    add_model_arguments(gen)
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--negative-prompt", default="")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    gen.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    gen.add_argument("--height", type=int, default=DEFAULT_SIZE)
+    gen.add_argument("--width", type=int, default=DEFAULT_SIZE)
+    gen.add_argument("--scheduler", choices=SCHEDULER_NAMES, default="dpm++")
+    gen.add_argument("--num-images", type=int, default=1)
+    gen.add_argument("--mode", choices=MODES, default="ella")
+    gen.add_argument("--t5-length", type=_t5_length, default=FLEXIBLE, help="'flexible' or a token count (128)")
+    gen.add_argument("--sides", choices=SIDES, default="both")
+    gen.add_argument("--trace", action="store_true", help="also write trace.npz (attention and previews)")
+    gen.add_argument("--out", required=True, type=Path, help="output folder")
+
+    bench = commands.add_parser("bench", help="time the engine against diffusers' pipeline")
+    add_model_arguments(bench, default_preset="tiny")
+    bench.add_argument("--steps", type=int, default=10)
+    bench.add_argument("--height", type=int, default=256)
+    bench.add_argument("--width", type=int, default=256)
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--scheduler", choices=SCHEDULER_NAMES, default="dpm++")
+    bench.add_argument("--json", type=Path, help="write the report here")
+    return parser
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from .engine import generate
+    from .outputs import write_run
+
+    models = load_from_args(args)
+    with tqdm(total=args.steps, desc="denoising", unit="step", disable=not sys.stderr.isatty()) as bar:
+        result = generate(
+            models,
+            args.prompt,
+            negative_prompt=args.negative_prompt,
+            seed=args.seed,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            height=args.height,
+            width=args.width,
+            scheduler=args.scheduler,
+            num_images=args.num_images,
+            mode=args.mode,
+            t5_length=args.t5_length,
+            sides=args.sides,
+            trace=args.trace,
+            progress=lambda done, total: bar.update(1),
+        )
+    for path in write_run(result, models, args.out):
+        print(path)
+    for note in result.warnings:
+        print(f"warning: {note}", file=sys.stderr)
+    if models.random_weights:
+        print(f"note: preset {models.preset} has random weights; the images are noise.", file=sys.stderr)
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from .bench import format_table, run_benchmark
+
+    models = load_from_args(args)
+    report = run_benchmark(models, args.steps, args.height, args.width, args.repeats, args.scheduler)
+    print(format_table(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"generate": run_generate, "bench": run_bench}[args.command]
+    try:
+        return handler(args)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
