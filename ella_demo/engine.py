@@ -110,19 +110,15 @@ class _Timer:
         self.device = device
         self.totals: dict[str, float] = {}
 
+    @contextlib.contextmanager
     def phase(self, name: str):
-        timer = self
-
-        class _Phase:
-            def __enter__(self):
-                self.started = time.perf_counter()
-
-            def __exit__(self, *exc):
-                if timer.device.type == "cuda":
-                    torch.cuda.synchronize(timer.device)
-                timer.totals[name] = timer.totals.get(name, 0.0) + time.perf_counter() - self.started
-
-        return _Phase()
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - started
 
 
 @dataclass
@@ -206,7 +202,9 @@ def run(
 
     # 7. Package.
     timer.totals["total"] = time.perf_counter() - started
-    trace = _assemble_trace(settings, prompts, timesteps, buffers, recorder, models) if settings.trace else None
+    trace = None
+    if settings.trace:
+        trace = _assemble_trace(settings, prompts, timesteps, buffers, recorder, models, timer.totals)
     return GenerationResult(
         settings=settings,
         clip_images=_to_pil(per_side.get("clip")),
@@ -337,7 +335,15 @@ def _truncation_warnings(prompts: _Prompts) -> list[str]:
     return notes
 
 
-def _assemble_trace(settings, prompts: _Prompts, timesteps, buffers: StepBuffers, recorder, models) -> Trace:
+def _assemble_trace(
+    settings: GenerationSettings,
+    prompts: _Prompts,
+    timesteps: torch.Tensor,
+    buffers: StepBuffers,
+    recorder: CrossAttentionRecorder,
+    models: LoadedModels,
+    timings: dict[str, float],
+) -> Trace:
     sides = {}
     for side, (maps, pooled) in recorder.results().items():
         if side == "clip":
@@ -358,4 +364,5 @@ def _assemble_trace(settings, prompts: _Prompts, timesteps, buffers: StepBuffers
         sides=sides,
         mode=settings.mode,
         settings=settings.to_dict(),
+        timings=timings,
     )

@@ -64,6 +64,7 @@ class Trace:
     tsc_attention: (S, layers, heads, Q, Q + L_t5) float16, the connector's attention for the
         conditional prompt at each step; key axis = [Q latents, then the L_t5 T5 tokens].
     t5_tokens/t5_words and clip_tokens/clip_words: the prompt as each encoder split it.
+    timings: wall-clock seconds per phase of the run (t5, clip, tsc, unet, vae, total).
     """
 
     timesteps: np.ndarray
@@ -75,6 +76,7 @@ class Trace:
     sides: dict[str, SideTrace] = field(default_factory=dict)
     mode: str = "ella"
     settings: dict = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,7 +29,9 @@ def test_generate_writes_images_meta_and_trace(tmp_path, tiny):
     assert meta["tokens"]["t5"][:3] == ["▁a", "▁red", "▁cat"]
     assert set(meta["timings_s"]) == {"t5", "clip", "tsc", "unet", "vae", "total"}
     # The files hold what the Python API returns for the same settings.
-    expected = generate(tiny, "a red cat on a blue chair", num_inference_steps=4, height=64, width=64, scheduler="ddim")
+    expected = generate(
+        tiny, "a red cat on a blue chair", num_inference_steps=4, height=64, width=64, scheduler="ddim", trace=True
+    )
     ella_png = np.asarray(Image.open(tmp_path / "ella.png").convert("RGB"))
     assert np.array_equal(ella_png, np.asarray(expected.ella_images[0]))
     trace = np.load(tmp_path / "trace.npz")

@@ -254,6 +254,8 @@ def test_timings_cover_every_phase(tiny):
     assert set(result.timings) == {"t5", "clip", "tsc", "unet", "vae", "total"}
     assert all(seconds >= 0 for seconds in result.timings.values())
     assert result.timings["total"] >= result.timings["unet"]
+    traced = generate(tiny, PROMPT, trace=True, **SMALL)
+    assert traced.trace.timings == traced.timings
 
 
 def test_truncated_prompts_are_reported_in_the_result(tiny):
