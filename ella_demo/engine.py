@@ -156,7 +156,7 @@ def run(
     shape = (count, unet.config.in_channels, *latent_size)
     initial = torch.randn(shape, generator=generator, dtype=models.dtype).to(models.device)
     latents = {side: initial * schedulers[side].init_noise_sigma for side in sides}
-    generators = {side: _copy_generator(generator) for side in sides}
+    step_options = {side: _step_options(schedulers[side], _copy_generator(generator)) for side in sides}
 
     # 4. Tracing set-up (nothing is allocated or installed when tracing is off).
     buffers = StepBuffers(len(timesteps), models.device) if settings.trace else None
@@ -189,7 +189,9 @@ def run(
                     alpha_bar = float(schedulers[side].alphas_cumprod[round(float(timestep))])
                     clean = predicted_clean_latents(scaled[side], side_noise, alpha_bar)
                     buffers.store_preview(side, step, latents_to_preview(clean))
-                latents[side] = _scheduler_step(schedulers[side], side_noise, timestep, latents[side], generators[side])
+                latents[side] = schedulers[side].step(
+                    side_noise, timestep, latents[side], return_dict=False, **step_options[side]
+                )[0]
             if progress is not None:
                 progress(step + 1, len(timesteps))
 
@@ -303,15 +305,15 @@ def _copy_generator(generator: torch.Generator) -> torch.Generator:
     return copy
 
 
-def _scheduler_step(scheduler, noise, timestep, latents, generator) -> torch.Tensor:
-    """One scheduler step, passing the generator and eta=0 where the scheduler takes them."""
+def _step_options(scheduler, generator: torch.Generator) -> dict:
+    """The generator, and eta=0 (deterministic DDIM), for the schedulers whose step takes them."""
     accepted = inspect.signature(scheduler.step).parameters
     options = {}
     if "generator" in accepted:
         options["generator"] = generator
     if "eta" in accepted:
         options["eta"] = 0.0
-    return scheduler.step(noise, timestep, latents, return_dict=False, **options)[0]
+    return options
 
 
 def _maybe_recording(unet, recorder: CrossAttentionRecorder | None):
