@@ -1,4 +1,4 @@
-"""Command line: `python -m ella_demo {generate,bench} ...`."""
+"""Command line: `python -m ella_demo {generate,probe,bench} ...`."""
 
 from __future__ import annotations
 
@@ -73,7 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--t5-length", type=_t5_length, default=FLEXIBLE, help="'flexible' or a token count (128)")
     gen.add_argument("--sides", choices=SIDES, default="both")
     gen.add_argument("--trace", action="store_true", help="also write trace.npz (attention and previews)")
+    gen.add_argument("--figures", action="store_true", help="with --trace: also write every figure as PNG/GIF")
     gen.add_argument("--out", required=True, type=Path, help="output folder")
+
+    probe = commands.add_parser("probe", help="connector attention on a dense timestep grid, no UNet")
+    add_model_arguments(probe)
+    probe.add_argument("--prompt", required=True)
+    probe.add_argument("--prompt2", help="a second prompt to compare with")
+    probe.add_argument("--timesteps", type=int, default=50, help="grid size, 999 down to 0")
+    probe.add_argument("--t5-length", type=_t5_length, default=FLEXIBLE, help="'flexible' or a token count (128)")
+    probe.add_argument("--out", required=True, type=Path, help="output folder")
 
     bench = commands.add_parser("bench", help="time the engine against diffusers' pipeline")
     add_model_arguments(bench, default_preset="tiny")
@@ -89,7 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
 def run_generate(args: argparse.Namespace) -> int:
     from .engine import generate
     from .outputs import write_run
+    from .report import write_trace_figures
 
+    if args.figures and not args.trace:
+        raise SettingsError("--figures needs --trace: the figures are drawn from the trace.")
     models = load_from_args(args)
     with tqdm(total=args.steps, desc="denoising", unit="step", disable=not sys.stderr.isatty()) as bar:
         result = generate(
@@ -109,12 +121,28 @@ def run_generate(args: argparse.Namespace) -> int:
             trace=args.trace,
             progress=lambda done, total: bar.update(1),
         )
-    for path in write_run(result, models, args.out):
+    written = write_run(result, models, args.out)
+    if args.figures:
+        written += write_trace_figures(result, args.out / "figures")
+    for path in written:
         print(path)
     for note in result.warnings:
         print(f"warning: {note}", file=sys.stderr)
     if models.random_weights:
         print(f"note: preset {models.preset} has random weights; the images are noise.", file=sys.stderr)
+    return 0
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    from .probe import probe, timestep_grid
+    from .report import write_probe
+
+    timestep_grid(args.timesteps)  # validate before loading any model
+    models = load_from_args(args)
+    prompts = [args.prompt] + ([args.prompt2] if args.prompt2 is not None else [])
+    results = [probe(models, prompt, args.timesteps, args.t5_length) for prompt in prompts]
+    for path in write_probe(results, args.out):
+        print(path)
     return 0
 
 
@@ -132,7 +160,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"generate": run_generate, "bench": run_bench}[args.command]
+    handler = {"generate": run_generate, "probe": run_probe, "bench": run_bench}[args.command]
     try:
         return handler(args)
     except USER_ERRORS as error:

@@ -1,0 +1,121 @@
+"""The full figure set of a traced run or a probe, written as PNG files (and a GIF)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import analysis, figures
+from .engine import GenerationResult
+from .probe import ProbeResult
+
+MAX_PREVIEW_STEPS = 8
+MAP_WORDS = 3
+
+
+def _write(figure, path: Path, written: list[Path]) -> None:
+    path.write_bytes(figures.to_png(figure))
+    written.append(path)
+
+
+def write_tsc_figures(
+    attention: np.ndarray, timesteps: np.ndarray, words, tokens, out: Path, written: list[Path]
+) -> None:
+    """Token x timestep maps (every normalisation), word-share curves, per-block text share."""
+    for normalisation in analysis.NORMALISATIONS:
+        time_map = analysis.token_time_map(attention, timesteps, words, normalisation, tokens=tokens)
+        _write(figures.token_time_figure(time_map), out / f"token_time_{normalisation}.png", written)
+    shares, columns = analysis.word_shares(attention, words)
+    figure = figures.word_share_figure(
+        shares, columns, timesteps, analysis.top_words(shares), analysis.text_share_per_block(attention)
+    )
+    _write(figure, out / "word_shares.png", written)
+
+
+def write_trace_figures(result: GenerationResult, out_dir: str | Path) -> list[Path]:
+    """Every view of a traced run that its sides allow."""
+    trace = result.trace
+    if trace is None:
+        raise ValueError("figures need a traced run: generate with trace=True (--trace)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    steps = len(trace.timesteps)
+    if trace.tsc_attention is not None:
+        attention = trace.tsc_attention
+        write_tsc_figures(attention, trace.timesteps, trace.t5_words, trace.t5_tokens, out, written)
+        middle = steps // 2
+        matrix, order, columns = analysis.query_word_matrix(attention[middle], trace.t5_words)
+        _write(
+            figures.query_word_figure(
+                matrix, columns, order, middle, trace.timesteps[middle], analysis.Aggregation().label()
+            ),
+            out / f"query_words_step{middle}.png",
+            written,
+        )
+        matrices = [analysis.query_word_matrix(attention[step], trace.t5_words)[0] for step in range(steps)]
+        shares, share_columns = analysis.word_shares(attention, trace.t5_words)
+        vmax = max(float(matrix.max()) for matrix in matrices)
+        frames = figures.animation_frames(matrices, shares, share_columns, trace.timesteps, vmax)
+        figures.save_gif(frames, out / "tsc_animation.gif")
+        written.append(out / "tsc_animation.gif")
+    if {"clip", "ella"} <= set(trace.sides):
+        _write_spatial_figures(result, out, written)
+    return written
+
+
+def _write_spatial_figures(result: GenerationResult, out: Path, written: list[Path]) -> None:
+    trace = result.trace
+    clip, ella = trace.sides["clip"], trace.sides["ella"]
+    steps = np.arange(len(trace.timesteps))
+    clip_columns = analysis.text_columns(trace.clip_words, 0)
+    t5_columns = analysis.text_columns(trace.t5_words, 0)
+    clip_maps = analysis.clip_word_maps(analysis.combine_resolutions(clip.cross_attention), clip_columns, steps)
+    clip_keys = len(trace.clip_tokens) if trace.mode == "ella+clip" else 0
+    ella_maps = analysis.ella_word_maps(
+        analysis.combine_resolutions(ella.cross_attention), trace.tsc_attention, t5_columns, steps, clip_keys
+    )
+    shares, _ = analysis.word_shares(trace.tsc_attention, trace.t5_words)
+    clip_lookup = {label.lower(): index for index, label in enumerate(clip_columns.labels)}
+    chosen = [index for index in analysis.top_words(shares, len(t5_columns.labels))
+              if t5_columns.labels[index].lower() in clip_lookup][:MAP_WORDS]  # fmt: skip
+    for index in chosen:
+        word = t5_columns.labels[index]
+        figure = figures.word_maps_figure(
+            np.asarray(result.clip_images[0]),
+            np.asarray(result.ella_images[0]),
+            clip_maps[clip_lookup[word.lower()]],
+            ella_maps[index],
+            word,
+            "all steps",
+        )
+        safe = "".join(char if char.isalnum() else "_" for char in word)
+        _write(figure, out / f"word_maps_{safe}.png", written)
+    shown = np.unique(np.linspace(0, len(steps) - 1, min(MAX_PREVIEW_STEPS, len(steps))).round().astype(int))
+    figure = figures.preview_strip_figure(clip.previews, ella.previews, shown, trace.timesteps)
+    _write(figure, out / "previews.png", written)
+
+
+def write_probe(results: list[ProbeResult], out_dir: str | Path) -> list[Path]:
+    """probe.npz and the probe figures; with two prompts also their side-by-side comparison."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    arrays = {}
+    for number, result in enumerate(results, start=1):
+        suffix = "" if number == 1 else f"_{number}"
+        arrays[f"attention{suffix}"] = result.attention.astype(np.float16)
+        arrays[f"timesteps{suffix}"] = result.timesteps
+        arrays[f"tokens{suffix}"] = np.array(result.tokens)
+        arrays[f"prompt{suffix}"] = np.array(result.prompt)
+        folder = out if number == 1 else out / f"prompt{number}"
+        folder.mkdir(exist_ok=True)
+        write_tsc_figures(result.attention, result.timesteps, result.words, result.tokens, folder, written)
+    np.savez_compressed(out / "probe.npz", **arrays)
+    written.append(out / "probe.npz")
+    if len(results) == 2:
+        maps = [analysis.token_time_map(result.attention, result.timesteps, result.words) for result in results]
+        figure = figures.compare_token_time_figure(maps[0], maps[1], results[0].prompt, results[1].prompt)
+        _write(figure, out / "compare.png", written)
+    return written

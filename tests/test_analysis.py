@@ -1,0 +1,187 @@
+"""Analysis on synthetic arrays: normalisations, grouping, rollout, maps and the pixel probe."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ella_demo import analysis
+from ella_demo.text_encoders import Word
+
+# Key axis of a toy connector: Q=3 latents, then T5 tokens ▁red ▁gi raffe </s> <pad> <pad>
+Q = 3
+WORDS = (
+    Word("red", (0,)),
+    Word("giraffe", (1, 2)),
+    Word("</s>", (3,), is_special=True),
+    Word("<pad>", (4,), is_special=True),
+    Word("<pad>", (5,), is_special=True),
+)
+L = 6
+
+
+def random_attention(steps=5, blocks=2, heads=2, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(steps, blocks, heads, Q, Q + L))
+    weights = np.exp(logits)
+    return weights / weights.sum(-1, keepdims=True)
+
+
+def test_paper_normalisation_puts_each_word_column_max_at_one():
+    time_map = analysis.token_time_map(random_attention(), np.arange(5), WORDS, "paper")
+    assert time_map.columns.labels == ("red", "giraffe")
+    assert np.allclose(time_map.values.max(axis=0), 1.0)
+
+
+def test_share_rows_sum_to_one_and_change_rows_and_columns_sum_to_zero():
+    attention = random_attention()
+    share = analysis.token_time_map(attention, np.arange(5), WORDS, "share").values
+    change = analysis.token_time_map(attention, np.arange(5), WORDS, "change").values
+    assert np.allclose(share.sum(axis=1), 1.0)
+    assert np.allclose(change.sum(axis=1), 0.0, atol=1e-6)
+    assert np.allclose(change.mean(axis=0), 0.0, atol=1e-6)
+
+
+def test_raw_shows_every_sink_and_rows_sum_to_one():
+    time_map = analysis.token_time_map(random_attention(), np.arange(5), WORDS, "raw")
+    assert time_map.columns.labels == ("latents (3)", "red", "giraffe", "</s>", "padding (2)")
+    assert time_map.columns.kinds == ("latents", "word", "word", "end", "padding")
+    assert np.allclose(time_map.values.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_words_sum_their_pieces_for_shares():
+    attention = random_attention()
+    received = analysis.received_attention(attention)
+    raw = analysis.token_time_map(attention, np.arange(5), WORDS, "raw").values
+    assert np.allclose(raw[:, 2], received[:, Q + 1] + received[:, Q + 2])  # "giraffe" = gi + raffe
+    pieces = analysis.token_time_map(attention, np.arange(5), WORDS, "raw", pieces=True,
+                                     tokens=("▁red", "▁gi", "raffe", "</s>", "<pad>", "<pad>"))  # fmt: skip
+    assert pieces.columns.labels[1:4] == ("▁red", "▁gi", "raffe")
+
+
+def test_words_average_their_pieces_for_maps():
+    maps = np.zeros((2, 1, 1, L))
+    maps[..., 1], maps[..., 2] = 0.2, 0.4
+    columns = analysis.text_columns(WORDS, 0)
+    word_maps = analysis.clip_word_maps(maps, columns, np.arange(2))
+    assert word_maps.shape == (2, 1, 1)
+    assert word_maps[1, 0, 0] == pytest.approx(0.3)
+
+
+def test_aggregation_selects_blocks_and_heads():
+    attention = random_attention()
+    assert np.allclose(analysis.Aggregation(1, 0).apply(attention), attention[:, 1, 0])
+    assert np.allclose(analysis.Aggregation(block=0).apply(attention), attention[:, 0].mean(axis=1))
+    assert analysis.Aggregation().label() == "mean over all blocks, all heads"
+    with pytest.raises(ValueError, match="block must be from 0 to 1, got 2"):
+        analysis.Aggregation(block=2).apply(attention)
+
+
+def test_rollout_matches_a_hand_computed_two_block_case():
+    # Q=2 latents, L=2 text tokens, one head per block.
+    first = np.array([[0.5, 0.25, 0.25, 0.0], [0.0, 0.5, 0.25, 0.25]])
+    second = np.array([[0.2, 0.2, 0.2, 0.4], [0.4, 0.4, 0.1, 0.1]])
+    flow = analysis.rollout(np.stack([first, second])[:, None])
+    # By hand: F1 = [[.125, 0], [.125, .125]]; F2 = mix2 @ F1 + A_qt2 / 2 = [[.1875, .2125], [.1625, .1375]]
+    assert np.allclose(flow.text_fraction, [0.4, 0.3])
+    assert np.allclose(flow.text, [[0.46875, 0.53125], [0.1625 / 0.3, 0.1375 / 0.3]])
+    assert np.allclose(flow.text.sum(axis=1), 1.0)
+
+
+def test_rollout_rows_sum_to_one_on_random_attention():
+    flow = analysis.rollout(random_attention(steps=1, blocks=6, heads=4)[0])
+    assert np.allclose(flow.text.sum(axis=1), 1.0)
+    assert ((flow.text_fraction > 0) & (flow.text_fraction < 1)).all()
+
+
+def test_query_word_matrix_groups_queries_by_favourite_word():
+    step = np.zeros((1, 1, Q, Q + L))
+    step[0, 0, :, Q + 0] = [0.9, 0.1, 0.6]  # red
+    step[0, 0, :, Q + 1] = [0.1, 0.9, 0.4]  # giraffe (first piece)
+    matrix, order, columns = analysis.query_word_matrix(step, WORDS)
+    assert columns.labels == ("red", "giraffe")
+    assert order.tolist() == [0, 2, 1]  # both "red" queries first, strongest first
+    assert np.allclose(matrix[0], [0.9, 0.1])
+
+
+def test_ella_word_maps_chain_unet_attention_with_the_connector_flow():
+    steps, blocks, heads = 2, 2, 1
+    tsc = random_attention(steps, blocks, heads)
+    maps = np.zeros((steps, 1, 2, Q))
+    maps[:, 0, 0] = [1.0, 0.0, 0.0]  # left pixel reads query 0 only
+    maps[:, 0, 1] = [0.0, 0.0, 1.0]  # right pixel reads query 2 only
+    columns = analysis.text_columns(WORDS, 0)
+    word_maps = analysis.ella_word_maps(maps, tsc, columns, np.arange(steps))
+    expected_left = np.mean([analysis.rollout(tsc[s]).text[0] for s in range(steps)], axis=0)
+    assert word_maps.shape == (2, 1, 2)
+    assert word_maps[0, 0, 0] == pytest.approx(expected_left[0], rel=1e-5)
+    assert word_maps[1, 0, 0] == pytest.approx(expected_left[1:3].mean(), rel=1e-5)
+
+
+def test_ella_plus_clip_maps_drop_the_clip_keys_and_renormalise():
+    tsc = random_attention(1, 1, 1)
+    maps = np.concatenate([np.full((1, 1, 1, 4), 0.1), np.array([[[[0.6, 0.0, 0.0]]]])], axis=-1)
+    columns = analysis.text_columns(WORDS, 0)
+    with_clip = analysis.ella_word_maps(maps, tsc, columns, np.arange(1), num_clip_keys=4)
+    only_queries = analysis.ella_word_maps(maps[..., 4:] / 0.6, tsc, columns, np.arange(1))
+    assert np.allclose(with_clip, only_queries)
+
+
+@pytest.mark.parametrize(("window", "expected"), [("all", [0, 1, 2, 3, 4, 5]), ("early", [0, 1]),
+                                                  ("middle", [2, 3]), ("late", [4, 5]), (3, [3])])  # fmt: skip
+def test_step_windows(window, expected):
+    assert analysis.window_steps(6, window).tolist() == expected
+
+
+def test_bad_window_is_rejected():
+    with pytest.raises(ValueError, match="step must be from 0 to 5, got 6"):
+        analysis.window_steps(6, 6)
+    with pytest.raises(ValueError, match="window must be one of all, early, middle, late"):
+        analysis.window_steps(6, "noon")
+
+
+def test_combine_resolutions_upsamples_to_the_largest():
+    maps = {"4x4": np.ones((2, 4, 4, 3)), "2x2": np.full((2, 2, 2, 3), 3.0)}
+    combined = analysis.combine_resolutions(maps)
+    assert combined.shape == (2, 4, 4, 3)
+    assert np.allclose(combined, 2.0)
+    assert np.allclose(analysis.combine_resolutions(maps, ["2x2"]), 3.0)
+    with pytest.raises(ValueError, match="unknown resolutions"):
+        analysis.combine_resolutions(maps, ["8x8"])
+
+
+def test_difference_map_compares_spatial_distributions():
+    ella = np.array([[3.0, 1.0], [0.0, 0.0]])
+    clip = np.array([[10.0, 10.0], [10.0, 10.0]])
+    difference = analysis.difference_map(ella, clip)
+    assert difference.sum() == pytest.approx(0.0)
+    assert difference[0, 0] == pytest.approx(0.75 - 0.25)
+    assert analysis.shared_scale(ella, clip) == (0.0, 10.0)
+
+
+def test_pixel_probe_finds_the_word_drawn_at_that_spot():
+    word_maps = np.zeros((3, 4, 4))
+    word_maps[0, :2, :2] = 1.0  # "red" top-left
+    word_maps[1, 2:, 2:] = 1.0  # "cat" bottom-right
+    word_maps[2] = 0.1
+    row, col = analysis.map_position(x=500, y=480, image_size=(512, 512), map_size=(4, 4))
+    assert (row, col) == (3, 3)
+    ranked = analysis.rank_at(word_maps, ("red", "cat", "sky"), row, col)
+    assert [word for word, _ in ranked] == ["cat", "sky", "red"]
+    queries = np.zeros((4, 4, 5))
+    queries[3, 3] = [0.1, 0.5, 0.0, 0.3, 0.1]
+    assert [index for index, _ in analysis.top_queries_at(queries, 3, 3, count=2)] == [1, 3]
+    with pytest.raises(ValueError, match="outside the 512x512 image"):
+        analysis.map_position(512, 0, (512, 512), (4, 4))
+
+
+def test_highlight_scales_the_top_word_to_one():
+    pairs = analysis.highlight(np.array([0.2, 0.5, 0.3]), analysis.text_columns((*WORDS[:2], Word("x", (5,))), 0))
+    assert pairs == [("red", 0.4), ("giraffe", 1.0), ("x", 0.6)]
+
+
+def test_text_share_per_block():
+    attention = np.zeros((1, 2, 1, Q, Q + L))
+    attention[0, 0, 0, :, 0] = 1.0  # block 0 looks only at a latent
+    attention[0, 1, 0, :, Q] = 1.0  # block 1 looks only at text
+    assert analysis.text_share_per_block(attention).tolist() == [[0.0, 1.0]]
