@@ -62,6 +62,15 @@ class Columns:
     groups: tuple[tuple[int, ...], ...]
     kinds: tuple[str, ...]
 
+    def distinct_labels(self) -> tuple[str, ...]:
+        """Labels with repeats told apart by their position: "a (1)", ..., "a (6)"."""
+        counts: dict[str, int] = {}
+        for label in self.labels:
+            counts[label] = counts.get(label, 0) + 1
+        return tuple(
+            f"{label} ({index + 1})" if counts[label] > 1 else label for index, label in enumerate(self.labels)
+        )
+
     def reduce(self, values: np.ndarray, how: str = "sum") -> np.ndarray:
         """(..., K) -> (..., W): sum (for shares of attention) or mean (for maps) per column."""
         reducer = np.sum if how == "sum" else np.mean
@@ -339,3 +348,61 @@ def top_queries_at(query_maps: np.ndarray, row: int, col: int, count: int = 5) -
     """The queries the UNet attends to most at one cell: [(query index, attention)]. query_maps (h, w, Q)."""
     values = query_maps[row, col]
     return [(int(index), float(values[index])) for index in np.argsort(-values, kind="stable")[:count]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Both sides of a traced run at once
+
+
+@dataclass(frozen=True)
+class SpatialWordMaps:
+    """Word maps of both sides over one step window, on the same words.
+
+    labels: the T5 words that CLIP's prompt also has (matched case-insensitively), in prompt
+    order. clip / ella: (W, h, w) maps for those words. ella_queries: (h, w, Q) the ELLA side's
+    UNet attention to the connector queries (for the pixel probe).
+    """
+
+    labels: tuple[str, ...]
+    clip: np.ndarray
+    ella: np.ndarray
+    ella_queries: np.ndarray
+    window: str
+
+
+def spatial_word_maps(trace, window: str | int = "all", resolutions: list[str] | None = None) -> SpatialWordMaps:
+    """CLIP word maps and ELLA attention-flow maps of a traced two-sided run, same words, same window."""
+    if not {"clip", "ella"} <= set(trace.sides) or trace.tsc_attention is None:
+        raise ValueError("word maps need a traced run of both sides (sides='both', trace=True)")
+    steps = window_steps(len(trace.timesteps), window)
+    clip_columns = text_columns(trace.clip_words, 0)
+    t5_columns = text_columns(trace.t5_words, 0)
+    clip_index = {label.lower(): index for index, label in enumerate(clip_columns.labels)}
+    shared = [index for index, label in enumerate(t5_columns.labels) if label.lower() in clip_index]
+    clip_maps = clip_word_maps(
+        combine_resolutions(trace.sides["clip"].cross_attention, resolutions), clip_columns, steps
+    )
+    ella_unet = combine_resolutions(trace.sides["ella"].cross_attention, resolutions)
+    clip_keys = len(trace.clip_tokens) if trace.mode == "ella+clip" else 0
+    ella_maps = ella_word_maps(ella_unet, trace.tsc_attention, t5_columns, steps, clip_keys)
+    labels = tuple(t5_columns.labels[index] for index in shared)
+    window_label = (
+        "all steps" if window == "all" else (f"step {window}" if isinstance(window, int) else f"{window} steps")
+    )
+    return SpatialWordMaps(
+        labels=labels,
+        clip=clip_maps[[clip_index[label.lower()] for label in labels]],
+        ella=ella_maps[shared],
+        ella_queries=ella_unet[steps].mean(axis=0)[..., clip_keys:],
+        window=window_label,
+    )
+
+
+def pixel_probe(maps: SpatialWordMaps, x: float, y: float, image_size: tuple[int, int], count: int = 5) -> dict:
+    """At image pixel (x, y): words ranked for each side, and ELLA's most-attended queries."""
+    row, col = map_position(x, y, image_size, maps.clip.shape[1:])
+    return {
+        "clip": rank_at(maps.clip, maps.labels, row, col)[:count],
+        "ella": rank_at(maps.ella, maps.labels, row, col)[:count],
+        "ella_queries": top_queries_at(maps.ella_queries, row, col, count),
+    }

@@ -116,8 +116,9 @@ def word_share_figure(
     panels = 2 if text_share is not None else 1
     figure = new_figure(6.0 * panels, 4.2)
     axes = figure.subplots(1, panels, squeeze=False)[0]
+    labels = columns.distinct_labels()
     for index in selected:
-        axes[0].plot(timesteps, shares[:, index], marker="o", markersize=3, label=columns.labels[index])
+        axes[0].plot(timesteps, shares[:, index], marker="o", markersize=3, label=labels[index])
     axes[0].set_title("Share of the connector's text attention per word", fontsize=10)
     axes[0].set_ylabel("share of text attention")
     axes[0].legend(fontsize=8, loc="best")

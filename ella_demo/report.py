@@ -67,34 +67,30 @@ def write_trace_figures(result: GenerationResult, out_dir: str | Path) -> list[P
 
 def _write_spatial_figures(result: GenerationResult, out: Path, written: list[Path]) -> None:
     trace = result.trace
-    clip, ella = trace.sides["clip"], trace.sides["ella"]
-    steps = np.arange(len(trace.timesteps))
-    clip_columns = analysis.text_columns(trace.clip_words, 0)
-    t5_columns = analysis.text_columns(trace.t5_words, 0)
-    clip_maps = analysis.clip_word_maps(analysis.combine_resolutions(clip.cross_attention), clip_columns, steps)
-    clip_keys = len(trace.clip_tokens) if trace.mode == "ella+clip" else 0
-    ella_maps = analysis.ella_word_maps(
-        analysis.combine_resolutions(ella.cross_attention), trace.tsc_attention, t5_columns, steps, clip_keys
-    )
-    shares, _ = analysis.word_shares(trace.tsc_attention, trace.t5_words)
-    clip_lookup = {label.lower(): index for index, label in enumerate(clip_columns.labels)}
-    chosen = [index for index in analysis.top_words(shares, len(t5_columns.labels))
-              if t5_columns.labels[index].lower() in clip_lookup][:MAP_WORDS]  # fmt: skip
-    for index in chosen:
-        word = t5_columns.labels[index]
+    maps = analysis.spatial_word_maps(trace)
+    shares, columns = analysis.word_shares(trace.tsc_attention, trace.t5_words)
+    ranked = [columns.labels[index] for index in analysis.top_words(shares, len(columns.labels))]
+    chosen = [word for word in dict.fromkeys(ranked) if word in maps.labels][:MAP_WORDS]
+    for word in chosen:
+        index = maps.labels.index(word)
         figure = figures.word_maps_figure(
             np.asarray(result.clip_images[0]),
             np.asarray(result.ella_images[0]),
-            clip_maps[clip_lookup[word.lower()]],
-            ella_maps[index],
+            maps.clip[index],
+            maps.ella[index],
             word,
-            "all steps",
+            maps.window,
         )
         safe = "".join(char if char.isalnum() else "_" for char in word)
         _write(figure, out / f"word_maps_{safe}.png", written)
-    shown = np.unique(np.linspace(0, len(steps) - 1, min(MAX_PREVIEW_STEPS, len(steps))).round().astype(int))
-    figure = figures.preview_strip_figure(clip.previews, ella.previews, shown, trace.timesteps)
-    _write(figure, out / "previews.png", written)
+    steps = len(trace.timesteps)
+    shown = np.unique(np.linspace(0, steps - 1, min(MAX_PREVIEW_STEPS, steps)).round().astype(int))
+    clip, ella = trace.sides["clip"], trace.sides["ella"]
+    _write(
+        figures.preview_strip_figure(clip.previews, ella.previews, shown, trace.timesteps),
+        out / "previews.png",
+        written,
+    )
 
 
 def write_probe(results: list[ProbeResult], out_dir: str | Path) -> list[Path]:

@@ -185,3 +185,36 @@ def test_text_share_per_block():
     attention[0, 0, 0, :, 0] = 1.0  # block 0 looks only at a latent
     attention[0, 1, 0, :, Q] = 1.0  # block 1 looks only at text
     assert analysis.text_share_per_block(attention).tolist() == [[0.0, 1.0]]
+
+
+def test_spatial_word_maps_and_pixel_probe_on_a_traced_run(tiny):
+    from ella_demo import generate
+
+    result = generate(tiny, "a red cat on a blue chair", num_inference_steps=6, height=64, width=64, trace=True)
+    maps = analysis.spatial_word_maps(result.trace, "late")
+    assert {"red", "blue", "chair"} <= set(maps.labels)
+    assert maps.clip.shape == maps.ella.shape == (len(maps.labels), 4, 4)
+    assert maps.window == "late steps"
+    clip_side = result.trace.sides["clip"]
+    columns = analysis.text_columns(result.trace.clip_words, 0)
+    combined = analysis.combine_resolutions(clip_side.cross_attention)
+    expected = analysis.clip_word_maps(combined, columns, np.array([4, 5]))[columns.labels.index("red")]
+    assert np.allclose(maps.clip[maps.labels.index("red")], expected)
+    probe = analysis.pixel_probe(maps, x=10, y=60, image_size=(64, 64), count=3)
+    for side in ("clip", "ella"):
+        values = [value for _, value in probe[side]]
+        assert len(values) == 3 and values == sorted(values, reverse=True)
+    assert len(probe["ella_queries"]) == 3
+
+
+def test_spatial_word_maps_need_both_traced_sides(tiny):
+    from ella_demo import generate
+
+    one_side = generate(tiny, "a red cat", num_inference_steps=2, height=32, width=32, trace=True, sides="ella")
+    with pytest.raises(ValueError, match="need a traced run of both sides"):
+        analysis.spatial_word_maps(one_side.trace)
+
+
+def test_repeated_words_get_distinct_labels():
+    columns = analysis.text_columns((Word("a", (0,)), Word("cat", (1,)), Word("a", (2,))), 0)
+    assert columns.distinct_labels() == ("a (1)", "cat", "a (3)")
