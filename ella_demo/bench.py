@@ -1,7 +1,7 @@
 """Benchmark: the engine against diffusers' own pipeline, in one process, as medians of repeats.
 
 Every timing comes from the same models, settings and prompt, after one warm-up run of each
-configuration, so ratios between them are meaningful on any machine.
+configuration, measured in rotation, so ratios between them are meaningful on any machine.
 """
 
 from __future__ import annotations
@@ -27,16 +27,25 @@ BENCH_PROMPT = (
 )
 
 
-def _median_seconds(run: Callable[[], object], repeats: int, synchronize: Callable[[], None]) -> float:
-    run()  # warm-up: kernels, allocator, caches
-    synchronize()
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
+def interleaved_medians(
+    runs: dict[str, Callable[[], object]], repeats: int, synchronize: Callable[[], None]
+) -> dict[str, float]:
+    """Median seconds of each run, measured in rotation (A, B, C, A, B, C, ...).
+
+    Interleaving spreads slow drifts of the machine (heat, other processes) over every
+    configuration alike, so the ratios between them stay meaningful. Each run is warmed up once.
+    """
+    for run in runs.values():
         run()
-        synchronize()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
+    synchronize()
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            run()
+            synchronize()
+            samples[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -87,15 +96,19 @@ def run_benchmark(
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    timings = {
-        "diffusers_clip_s": _median_seconds(diffusers_clip, repeats, synchronize),
-        "clip_s": _median_seconds(engine(sides="clip"), repeats, synchronize),
-        "ella_s": _median_seconds(engine(sides="ella"), repeats, synchronize),
-        "side_by_side_s": _median_seconds(engine(), repeats, synchronize),
-        "sequential_s": _median_seconds(lambda: (engine(sides="clip")(), engine(sides="ella")()), repeats, synchronize),
-    }
-    traced = _median_seconds(engine(trace=True), repeats, synchronize)
-    timings["trace_overhead"] = traced / timings["side_by_side_s"]
+    timings = interleaved_medians(
+        {
+            "diffusers_clip_s": diffusers_clip,
+            "clip_s": engine(sides="clip"),
+            "ella_s": engine(sides="ella"),
+            "side_by_side_s": engine(),
+            "sequential_s": lambda: (engine(sides="clip")(), engine(sides="ella")()),
+            "traced_side_by_side_s": engine(trace=True),
+        },
+        repeats,
+        synchronize,
+    )
+    timings["trace_overhead"] = timings["traced_side_by_side_s"] / timings["side_by_side_s"]
 
     encoder = models.t5_encoder
 
@@ -103,8 +116,11 @@ def run_benchmark(
         encoder.cache.clear()
         encoder.encode(BENCH_PROMPT)
 
-    timings["t5_encode_s"] = _median_seconds(encode_uncached, repeats, synchronize)
-    timings["t5_cached_s"] = _median_seconds(lambda: encoder.encode(BENCH_PROMPT), repeats, synchronize)
+    timings.update(
+        interleaved_medians(
+            {"t5_encode_s": encode_uncached, "t5_cached_s": lambda: encoder.encode(BENCH_PROMPT)}, repeats, synchronize
+        )
+    )
     timings["peak_memory_mb"] = _peak_memory_mb(device)
     return {
         **timings,
