@@ -1,7 +1,7 @@
-"""ELLA Explorer entry point: load the models of a preset and report what was loaded.
+"""ELLA Explorer: compare SD1.5 with CLIP and with ELLA in the browser, and look inside the connector.
 
-The browser app (Gradio) is built on top of this in a later step; until then this script checks
-that a preset loads on this machine and prints where each part came from.
+`python app.py` loads the real models (downloads on first run) and serves on 127.0.0.1:7860;
+`python app.py --preset tiny` runs without weights. See `--help` for model paths and serving flags.
 """
 
 from __future__ import annotations
@@ -16,12 +16,19 @@ from ella_demo.cli import USER_ERRORS, add_model_arguments, load_from_args
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(parser)
+    serving = parser.add_argument_group("serving")
+    serving.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    serving.add_argument("--port", type=int, default=7860)
+    serving.add_argument("--share", action="store_true", help="also open a public Gradio share link")
+    serving.add_argument("--concurrency", type=int, default=1, help="generations run at once (one GPU job by default)")
+    serving.add_argument("--check", action="store_true", help="load the models, report them, and exit")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
+    print(f"Loading preset {args.preset}...", flush=True)
     try:
         models = load_from_args(args)
     except USER_ERRORS as error:
@@ -32,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {part}: {source}")
     if models.random_weights:
         print("  Random weights: images from this preset are noise, not model output.")
+    if args.check:
+        return 0
+    from ella_demo.ui import build_app, launch_app
+
+    launch_app(build_app(models), host=args.host, port=args.port, share=args.share, concurrency=args.concurrency)
     return 0
 
 

@@ -359,8 +359,9 @@ class SpatialWordMaps:
     """Word maps of both sides over one step window, on the same words.
 
     labels: the T5 words that CLIP's prompt also has (matched case-insensitively), in prompt
-    order. clip / ella: (W, h, w) maps for those words. ella_queries: (h, w, Q) the ELLA side's
-    UNet attention to the connector queries (for the pixel probe).
+    order, repeats told apart by position ("a (1)", "a (5)").
+    clip / ella: (W, h, w) maps for those words.
+    ella_queries: (h, w, Q) the ELLA side's UNet attention to the connector queries (pixel probe).
     """
 
     labels: tuple[str, ...]
@@ -385,13 +386,14 @@ def spatial_word_maps(trace, window: str | int = "all", resolutions: list[str] |
     ella_unet = combine_resolutions(trace.sides["ella"].cross_attention, resolutions)
     clip_keys = len(trace.clip_tokens) if trace.mode == "ella+clip" else 0
     ella_maps = ella_word_maps(ella_unet, trace.tsc_attention, t5_columns, steps, clip_keys)
-    labels = tuple(t5_columns.labels[index] for index in shared)
+    distinct = t5_columns.distinct_labels()
+    labels = tuple(distinct[index] for index in shared)
     window_label = (
         "all steps" if window == "all" else (f"step {window}" if isinstance(window, int) else f"{window} steps")
     )
     return SpatialWordMaps(
         labels=labels,
-        clip=clip_maps[[clip_index[label.lower()] for label in labels]],
+        clip=clip_maps[[clip_index[t5_columns.labels[index].lower()] for index in shared]],
         ella=ella_maps[shared],
         ella_queries=ella_unet[steps].mean(axis=0)[..., clip_keys:],
         window=window_label,

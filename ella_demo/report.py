@@ -69,7 +69,8 @@ def _write_spatial_figures(result: GenerationResult, out: Path, written: list[Pa
     trace = result.trace
     maps = analysis.spatial_word_maps(trace)
     shares, columns = analysis.word_shares(trace.tsc_attention, trace.t5_words)
-    ranked = [columns.labels[index] for index in analysis.top_words(shares, len(columns.labels))]
+    distinct = columns.distinct_labels()
+    ranked = [distinct[index] for index in analysis.top_words(shares, len(columns.labels))]
     chosen = [word for word in dict.fromkeys(ranked) if word in maps.labels][:MAP_WORDS]
     for word in chosen:
         index = maps.labels.index(word)

@@ -40,7 +40,7 @@ def test_requirements_pin_every_package():
 
 def test_app_reports_a_loaded_preset():
     result = subprocess.run(
-        [sys.executable, "app.py", "--preset", "tiny", "--device", "cpu"],
+        [sys.executable, "app.py", "--preset", "tiny", "--device", "cpu", "--check"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
