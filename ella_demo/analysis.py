@@ -73,6 +73,8 @@ class Columns:
 
     def reduce(self, values: np.ndarray, how: str = "sum") -> np.ndarray:
         """(..., K) -> (..., W): sum (for shares of attention) or mean (for maps) per column."""
+        if not self.groups:
+            return np.zeros((*values.shape[:-1], 0), dtype=values.dtype)
         reducer = np.sum if how == "sum" else np.mean
         return np.stack([reducer(values[..., list(group)], axis=-1) for group in self.groups], axis=-1)
 

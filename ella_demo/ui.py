@@ -155,9 +155,20 @@ class ExplorerUI:
         word = words[0] if words else None
         aggregation = analysis.Aggregation()
         clip_preview, ella_preview = views.previews(last)
+        if not views.has_words:
+            empty = (None, [], None, None, None)
+            return (
+                *self._images(result),
+                self._run_notes(result) + "\n\nThe prompt is empty, so there are no words to analyse.",
+                views,
+                gr.update(minimum=1, maximum=views.steps, value=views.steps, step=1),
+                gr.update(choices=[], value=None),
+                clip_preview,
+                ella_preview,
+                *empty,
+            )
         return (
-            [(image, f"CLIP {index + 1}") for index, image in enumerate(result.clip_images)],
-            [(image, f"ELLA {index + 1}") for index, image in enumerate(result.ella_images)],
+            *self._images(result),
             self._run_notes(result),
             views,
             gr.update(minimum=1, maximum=views.steps, value=views.steps, step=1),
@@ -169,6 +180,13 @@ class ExplorerUI:
             views.word_maps(word, "all", last) if word else None,
             views.token_time("paper", aggregation),
             views.share_curves(aggregation),
+        )
+
+    @staticmethod
+    def _images(result) -> tuple[list, list]:
+        return (
+            [(image, f"CLIP {index + 1}") for index, image in enumerate(result.clip_images)],
+            [(image, f"ELLA {index + 1}") for index, image in enumerate(result.ella_images)],
         )
 
     def _run_notes(self, result) -> str:
@@ -216,6 +234,8 @@ class ExplorerUI:
         index = int(step) - 1
         aggregation = parse_aggregation(block, head)
         clip_preview, ella_preview = views.previews(index)
+        if not views.has_words:
+            return clip_preview, ella_preview, None, [], None
         word_maps = views.word_maps(word, window, index) if word else None
         return (
             clip_preview,
@@ -227,6 +247,8 @@ class ExplorerUI:
 
     def on_word(self, views, step, word, window, scale):
         views = self._require(views)
+        if not word:
+            return None
         try:
             return views.word_maps(word, window, int(step) - 1, scale == "shared")
         except ValueError as error:
@@ -234,6 +256,8 @@ class ExplorerUI:
 
     def on_time_controls(self, views, normalisation, block, head, pieces):
         views = self._require(views)
+        if not views.has_words:
+            return None, None
         aggregation = parse_aggregation(block, head)
         return views.token_time(normalisation, aggregation, pieces), views.share_curves(aggregation)
 

@@ -40,6 +40,11 @@ class RunViews:
     def steps(self) -> int:
         return len(self.trace.timesteps)
 
+    @property
+    def has_words(self) -> bool:
+        """False for an empty prompt: the word views have nothing to show."""
+        return any(not word.is_special for word in self.trace.t5_words)
+
     def word_choices(self) -> list[str]:
         return list(self.spatial(0).labels)
 
