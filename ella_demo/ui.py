@@ -183,11 +183,11 @@ class ExplorerUI:
         )
 
     @staticmethod
-    def _images(result) -> tuple[list, list]:
-        return (
-            [(image, f"CLIP {index + 1}") for index, image in enumerate(result.clip_images)],
-            [(image, f"ELLA {index + 1}") for index, image in enumerate(result.ella_images)],
-        )
+    def _images(result) -> tuple:
+        """The first image of each side (for the pixel probe), and every image captioned."""
+        everything = [(image, f"CLIP {index + 1}") for index, image in enumerate(result.clip_images)]
+        everything += [(image, f"ELLA {index + 1}") for index, image in enumerate(result.ella_images)]
+        return result.clip_images[0], result.ella_images[0], everything
 
     def _run_notes(self, result) -> str:
         timings = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in result.timings.items())
@@ -338,12 +338,19 @@ def build_app(models: LoadedModels, gpu_wrapper: Callable = lambda function: fun
                 gr.Examples(example_prompts(), inputs=prompt, label="Examples (click one, then Generate)")
                 notes = gr.Markdown(elem_id="run-notes")
                 with gr.Row():
-                    clip_gallery = gr.Gallery(
-                        label="SD1.5 + CLIP (click a pixel to probe)", columns=2, format="png", elem_id="clip-images"
+                    clip_image = gr.Image(
+                        label="SD1.5 + CLIP (click a pixel: which words are there?)",
+                        format="png",
+                        interactive=False,
+                        elem_id="clip-image",
                     )
-                    ella_gallery = gr.Gallery(
-                        label="SD1.5 + ELLA (click a pixel to probe)", columns=2, format="png", elem_id="ella-images"
+                    ella_image = gr.Image(
+                        label="SD1.5 + ELLA (click a pixel: which words are there?)",
+                        format="png",
+                        interactive=False,
+                        elem_id="ella-image",
                     )
+                gallery = gr.Gallery(label="All images: CLIP, then ELLA", columns=4, format="png", elem_id="all-images")
                 probe_text = gr.Markdown(elem_id="pixel-probe")
                 gr.Markdown("### Inside the run: scrub through the denoising steps")
                 step = gr.Slider(1, 2, value=1, step=1, label="Step (1 = highest noise)", elem_id="step")
@@ -380,8 +387,9 @@ def build_app(models: LoadedModels, gpu_wrapper: Callable = lambda function: fun
 
                 inputs = [prompt, negative, seed, steps, guidance, width, height, scheduler, images, mode, t5_length]
                 outputs = [
-                    clip_gallery,
-                    ella_gallery,
+                    clip_image,
+                    ella_image,
+                    gallery,
                     notes,
                     session,
                     step,
@@ -399,7 +407,7 @@ def build_app(models: LoadedModels, gpu_wrapper: Callable = lambda function: fun
                 randomise.click(lambda: random.randint(*SEED_RANGE), None, seed, api_name=False)
                 step_inputs = [session, step, block, head, word, window]
                 step_outputs = [clip_preview, ella_preview, query_map, highlighted, word_maps]
-                step.release(ui.on_step, step_inputs, step_outputs, api_name=False)
+                step.change(ui.on_step, step_inputs, step_outputs, api_name=False, trigger_mode="always_last")
                 for control in (block, head):
                     control.change(ui.on_step, step_inputs, step_outputs, api_name=False)
                     control.change(
@@ -417,8 +425,8 @@ def build_app(models: LoadedModels, gpu_wrapper: Callable = lambda function: fun
                         [token_time, curves],
                         api_name=False,
                     )
-                for gallery in (clip_gallery, ella_gallery):
-                    gallery.select(ui.on_select, [session, step, window], probe_text, api_name=False)
+                for image in (clip_image, ella_image):
+                    image.select(ui.on_select, [session, step, window], probe_text, api_name=False)
                 animate.click(ui.animation, [session, block, head], files, api_name=False)
                 download.click(ui.download, [session], files, api_name=False)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,21 @@ def hub_layout(tiny, tmp_path_factory) -> dict[str, Path]:
     tiny.t5_tokenizer.save_pretrained(t5_folder)
     save_ella_checkpoint(tiny.ella, ella_repo / ELLA_FILENAME)
     return {"sd15": sd15, "ella_repo": ella_repo, "ella_file": ella_repo / ELLA_FILENAME, "t5": t5_folder}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(tiny):
+    """The app on the tiny preset, served on a free localhost port for the whole session."""
+    from ella_demo import ui
+
+    app = ui.build_app(tiny)
+    port = free_port()
+    ui.launch_app(app, port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    app.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,21 +17,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 FAST = {"steps": 2, "width": 64, "height": 64}
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tiny):
-    app = ui.build_app(tiny)
-    port = free_port()
-    ui.launch_app(app, port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    app.close()
-
-
 @pytest.fixture
 def client(server):
     return Client(server, verbose=False)
@@ -40,10 +24,10 @@ def client(server):
 
 def test_generate_returns_both_images_and_the_trace_views(client):
     result = client.predict(prompt="a red cat on a blue chair", seed=7, api_name="/generate", **FAST)
-    clip, ella, notes, step, word, clip_preview, ella_preview, query_map, highlight, word_maps, token_time, curves = (
-        result
-    )
-    assert Image.open(clip[0]["image"]).size == (64, 64) and Image.open(ella[0]["image"]).size == (64, 64)
+    clip, ella, everything, notes, step, word = result[:6]
+    clip_preview, ella_preview, query_map, highlight, word_maps, token_time, curves = result[6:]
+    assert Image.open(clip).size == (64, 64) and Image.open(ella).size == (64, 64)
+    assert [entry["caption"] for entry in everything] == ["CLIP 1", "ELLA 1"]
     assert "Seed used: 7" in notes and "Random weights" in notes
     assert step["maximum"] == 2
     assert [entry["token"] for entry in highlight] == ["a", "red", "cat", "on", "a", "blue", "chair"]
@@ -71,7 +55,7 @@ def test_empty_prompt_is_allowed(client):
 
 def test_very_long_prompt_is_truncated_with_a_visible_warning(client):
     prompt = ("a red cat sitting on a blue chair next to a green lamp " * 60)[:3000]
-    notes = client.predict(prompt=prompt, t5_length="128", api_name="/generate", **FAST)[2]
+    notes = client.predict(prompt=prompt, t5_length="128", api_name="/generate", **FAST)[3]
     assert "CLIP: The prompt is" in notes and "T5: The prompt is" in notes
     assert "tokens were dropped" in notes
 
@@ -85,8 +69,8 @@ def test_concurrent_clients_get_their_own_results(server):
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = dict(zip(prompts, pool.map(run, prompts), strict=True))
     for prompt, result in results.items():
-        assert " ".join(entry["token"] for entry in result[8]) == prompt
-        assert f"Seed used: {prompts[prompt]}" in result[2]
+        assert " ".join(entry["token"] for entry in result[9]) == prompt
+        assert f"Seed used: {prompts[prompt]}" in result[3]
 
 
 def test_one_failing_request_does_not_break_the_next(client, monkeypatch):
