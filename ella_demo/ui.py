@@ -342,15 +342,25 @@ def build_app(models: LoadedModels, gpu_wrapper: Callable = lambda function: fun
                         label="SD1.5 + CLIP (click a pixel: which words are there?)",
                         format="png",
                         interactive=False,
+                        height=420,
                         elem_id="clip-image",
                     )
                     ella_image = gr.Image(
                         label="SD1.5 + ELLA (click a pixel: which words are there?)",
                         format="png",
                         interactive=False,
+                        height=420,
                         elem_id="ella-image",
                     )
-                gallery = gr.Gallery(label="All images: CLIP, then ELLA", columns=4, format="png", elem_id="all-images")
+                gallery = gr.Gallery(
+                    label="All images: CLIP, then ELLA",
+                    columns=8,
+                    height=180,
+                    preview=False,
+                    object_fit="contain",
+                    format="png",
+                    elem_id="all-images",
+                )
                 probe_text = gr.Markdown(elem_id="pixel-probe")
                 gr.Markdown("### Inside the run: scrub through the denoising steps")
                 step = gr.Slider(1, 2, value=1, step=1, label="Step (1 = highest noise)", elem_id="step")
@@ -377,9 +387,8 @@ def build_app(models: LoadedModels, gpu_wrapper: Callable = lambda function: fun
                 with gr.Row():
                     normalisation = gr.Radio(list(analysis.NORMALISATIONS), value="paper", label="Normalisation")
                     pieces = gr.Checkbox(label="Show raw T5 pieces instead of words")
-                with gr.Row():
-                    token_time = gr.Image(label="Token x timestep map (paper Fig. 8)", format="png")
-                    curves = gr.Image(label="Word shares over time", format="png")
+                token_time = gr.Image(label="Token x timestep map (paper Fig. 8)", format="png", elem_id="token-time")
+                curves = gr.Image(label="Word shares over time", format="png", elem_id="curves")
                 with gr.Row():
                     animate = gr.Button("Make GIF of the connector over all steps")
                     download = gr.Button("Download this run (zip)", elem_id="download")
@@ -407,19 +416,19 @@ def build_app(models: LoadedModels, gpu_wrapper: Callable = lambda function: fun
                 randomise.click(lambda: random.randint(*SEED_RANGE), None, seed, api_name=False)
                 step_inputs = [session, step, block, head, word, window]
                 step_outputs = [clip_preview, ella_preview, query_map, highlighted, word_maps]
-                step.change(ui.on_step, step_inputs, step_outputs, api_name=False, trigger_mode="always_last")
+                step.input(ui.on_step, step_inputs, step_outputs, api_name=False, trigger_mode="always_last")
                 for control in (block, head):
-                    control.change(ui.on_step, step_inputs, step_outputs, api_name=False)
-                    control.change(
+                    control.input(ui.on_step, step_inputs, step_outputs, api_name=False)
+                    control.input(
                         ui.on_time_controls,
                         [session, normalisation, block, head, pieces],
                         [token_time, curves],
                         api_name=False,
                     )
                 for control in (word, window, scale):
-                    control.change(ui.on_word, [session, step, word, window, scale], word_maps, api_name=False)
+                    control.input(ui.on_word, [session, step, word, window, scale], word_maps, api_name=False)
                 for control in (normalisation, pieces):
-                    control.change(
+                    control.input(
                         ui.on_time_controls,
                         [session, normalisation, block, head, pieces],
                         [token_time, curves],

@@ -1,0 +1,94 @@
+"""A real browser session: headless Debian Chromium, driven by playwright, against the tiny-preset app.
+
+Screenshots land in test-artifacts/ for a person to look at.
+"""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 90_000
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    assert Path(CHROMIUM).exists(), "Debian's chromium is needed for the browser test (apt-get install chromium)"
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(server)
+        yield page
+        browser.close()
+
+
+def image_source(page, selector: str) -> str | None:
+    return page.evaluate("(s) => document.querySelector(s + ' img')?.src ?? null", selector)
+
+
+def wait_for_new_image(page, selector: str, old: str | None) -> None:
+    page.wait_for_function(
+        "([s, old]) => { const img = document.querySelector(s + ' img'); return img && img.src !== old; }",
+        arg=[selector, old],
+    )
+
+
+def test_generate_scrub_pick_click_and_download(page, tmp_path):
+    page.wait_for_selector("#prompt textarea")
+    assert "random weights" in page.inner_text("#random-weights-banner")
+    page.fill("#prompt textarea", "a red cat sitting on a blue chair next to a green lamp")
+    page.click("#generate")
+    for selector in ("#clip-image", "#ella-image", "#query-map", "#word-maps"):
+        wait_for_new_image(page, selector, None)
+    page.screenshot(path=ARTIFACTS / "01-generated.png", full_page=True)
+    assert "Seed used: 0" in page.inner_text("#run-notes")
+
+    # Scrub to the first (noisiest) step: the step views re-render from the cached trace.
+    old_query_map = image_source(page, "#query-map")
+    page.locator("#step input[type=range]").focus()
+    page.keyboard.press("Home")
+    wait_for_new_image(page, "#query-map", old_query_map)
+    assert page.locator("#step input[type=number]").input_value() == "1"
+    page.screenshot(path=ARTIFACTS / "02-scrubbed.png", full_page=True)
+
+    # Pick a word for the maps.
+    old_maps = image_source(page, "#word-maps")
+    page.click("#word input")
+    page.get_by_role("option", name="lamp").click()
+    wait_for_new_image(page, "#word-maps", old_maps)
+
+    # Click a pixel of the ELLA image: the words there are ranked.
+    page.click("#ella-image img")  # the centre: Gradio maps clicks assuming the image is not upscaled
+    page.wait_for_selector("#pixel-probe :text('At pixel')")
+    assert "ELLA (attention flow)" in page.inner_text("#pixel-probe")
+    page.screenshot(path=ARTIFACTS / "03-probed.png", full_page=True)
+
+    # Download the run as one zip.
+    page.click("#download")
+    link = page.wait_for_selector("#files a[download], #files a[href*='ella_run']")
+    with page.expect_download() as download_info:
+        link.click()
+    archive = tmp_path / "run.zip"
+    download_info.value.save_as(archive)
+    names = set(zipfile.ZipFile(archive).namelist())
+    assert {"clip.png", "ella.png", "meta.json", "trace.npz", "figures/token_time_paper.png"} <= names
