@@ -138,7 +138,7 @@ def word_share_figure(
 
 def query_word_figure(matrix: np.ndarray, columns: Columns, order: np.ndarray, step: int, timestep: float,
                       aggregation: str) -> Figure:  # fmt: skip
-    """Queries (rows, grouped by the word they read most) x words at one step."""
+    """Queries (rows, grouped by the word they read most) x words at one step (0-based index, shown 1-based)."""
     count = len(columns.labels)
     figure = new_figure(min(MAX_WIDTH_IN, 3.5 + 0.18 * count), 6.0)
     axes = figure.add_subplot()
@@ -146,7 +146,7 @@ def query_word_figure(matrix: np.ndarray, columns: Columns, order: np.ndarray, s
     _label_ticks(axes, columns.labels, figure.get_figwidth() - 2.0, along_x=True)
     _label_ticks(axes, [f"q{index}" for index in order], 4.5, along_x=False)
     axes.set_ylabel("connector query (grouped by favourite word)")
-    title = f"ELLA connector queries x words, step {step} (t={int(timestep)}); {aggregation}"
+    title = f"ELLA connector queries x words, step {step + 1} (t={int(timestep)}); {aggregation}"
     axes.set_title(wrap(title, figure), fontsize=10)
     figure.colorbar(image, ax=axes, label="attention weight", shrink=0.9)
     return figure

@@ -152,7 +152,7 @@ class ExplorerUI:
         views = RunViews(result)
         last = views.steps - 1
         words = views.word_choices()
-        word = words[0] if words else None
+        word = views.default_word()
         aggregation = analysis.Aggregation()
         clip_preview, ella_preview = views.previews(last)
         if not views.has_words:
@@ -300,7 +300,7 @@ def build_app(models: LoadedModels, gpu_wrapper: Callable = lambda function: fun
     """The Blocks app; launch it with `launch_app`."""
     ui = ExplorerUI(models, gpu_wrapper)
     low, high = ui.size_range
-    default_size = 512 if models.preset != "tiny" else 128
+    default_size = 512 if models.preset != "tiny" else 256
     queries = models.ella.config.num_latents
     layers, heads = models.ella.config.layers, models.ella.config.heads
     with gr.Blocks(title="ELLA Explorer", delete_cache=(3600, 3600)) as app:
@@ -313,8 +313,9 @@ def build_app(models: LoadedModels, gpu_wrapper: Callable = lambda function: fun
                 with gr.Row():
                     with gr.Column(scale=3):
                         prompt = gr.Textbox(
-                            label="Prompt",
-                            lines=3,
+                            label="Prompt (Enter generates)",
+                            lines=1,
+                            max_lines=6,
                             placeholder="A dense prompt: objects, colours, counts, relations...",
                             elem_id="prompt",
                         )
@@ -324,7 +325,7 @@ def build_app(models: LoadedModels, gpu_wrapper: Callable = lambda function: fun
                             seed = gr.Number(
                                 label="Seed", value=0, precision=0, minimum=SEED_RANGE[0], maximum=SEED_RANGE[1]
                             )
-                            randomise = gr.Button("🎲 Random seed", size="sm")
+                            randomise = gr.Button("Random seed", size="sm")
                         steps = gr.Slider(*STEPS_RANGE, value=DEFAULT_STEPS, step=1, label="Steps")
                         guidance = gr.Slider(*GUIDANCE_RANGE, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance scale")
                 with gr.Row():

@@ -48,6 +48,15 @@ class RunViews:
     def word_choices(self) -> list[str]:
         return list(self.spatial(0).labels)
 
+    def default_word(self) -> str | None:
+        """The shared word the connector attends to most over the run, for the first word maps."""
+        labels = self.word_choices()
+        if not labels:
+            return None
+        shares, columns = analysis.word_shares(self.trace.tsc_attention, self.trace.t5_words)
+        ranked = [columns.distinct_labels()[index] for index in analysis.top_words(shares, len(columns.labels))]
+        return next(label for label in ranked if label in labels)
+
     def spatial(self, window) -> analysis.SpatialWordMaps:
         key = window
         if key not in self._maps:

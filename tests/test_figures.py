@@ -66,7 +66,7 @@ def test_word_share_and_query_figures_render():
     assert len(axis.get_lines()) == 3
     matrix, order, query_columns = analysis.query_word_matrix(attention[2], word_list)
     figure = figures.query_word_figure(matrix, query_columns, order, 2, timesteps[2], "mean")
-    assert "step 2" in figure.axes[0].get_title()
+    assert "step 3 (t=599)" in figure.axes[0].get_title()  # shown 1-based
 
 
 def test_gif_has_one_frame_per_step(tmp_path):
