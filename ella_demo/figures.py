@@ -261,3 +261,26 @@ def compare_token_time_figure(first: TimeMap, second: TimeMap, first_title: str,
     title = f"Two prompts through the ELLA connector; {first.normalisation}: {first.note}"
     figure.suptitle(wrap(title, figure), fontsize=10)
     return figure
+
+
+def category_bars_figure(scores: dict[str, dict[str, float]], title: str = "DPG-Bench by category") -> Figure:
+    """Grouped bars: one group per category, one bar per model (e.g. {"CLIP": {...}, "ELLA": {...}})."""
+    models = list(scores)
+    categories = sorted({category for values in scores.values() for category in values})
+    figure = new_figure(1.2 + 0.9 * len(categories) * max(1, len(models) / 2), 4.5)
+    axes = figure.add_subplot()
+    width = 0.8 / max(len(models), 1)
+    for index, model in enumerate(models):
+        positions = [
+            category_index + (index - (len(models) - 1) / 2) * width for category_index in range(len(categories))
+        ]
+        values = [scores[model].get(category, 0.0) for category in categories]
+        bars = axes.bar(positions, values, width, label=model)
+        axes.bar_label(bars, fmt="%.1f", fontsize=7)
+    _label_ticks(axes, categories, figure.get_figwidth() - 1.5, along_x=True)
+    axes.set_ylabel("score (%)")
+    axes.set_ylim(0, 105)
+    axes.legend()
+    axes.set_title(title, fontsize=10)
+    axes.grid(axis="y", alpha=0.3)
+    return figure
