@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from ella_demo.cli import USER_ERRORS, add_model_arguments, load_from_args
 
@@ -21,6 +22,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     serving.add_argument("--port", type=int, default=7860)
     serving.add_argument("--share", action="store_true", help="also open a public Gradio share link")
     serving.add_argument("--concurrency", type=int, default=1, help="generations run at once (one GPU job by default)")
+    serving.add_argument("--dpg-results", type=Path, help="a DPG-Bench results folder to browse in the app")
     serving.add_argument("--check", action="store_true", help="load the models, report them, and exit")
     return parser.parse_args(argv)
 
@@ -43,7 +45,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from ella_demo.ui import build_app, launch_app
 
-    launch_app(build_app(models), host=args.host, port=args.port, share=args.share, concurrency=args.concurrency)
+    if args.dpg_results is not None and not args.dpg_results.is_dir():
+        print(f"error: --dpg-results {args.dpg_results} is not a folder", file=sys.stderr)
+        return 2
+    app = build_app(models, dpg_results=args.dpg_results)
+    # Gradio serves only files under allowed paths: the results folder's grids must be among them.
+    allowed = [str(args.dpg_results.resolve())] if args.dpg_results else None
+    launch_app(
+        app, host=args.host, port=args.port, share=args.share, concurrency=args.concurrency, allowed_paths=allowed
+    )
     return 0
 
 

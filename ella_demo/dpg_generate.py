@@ -21,6 +21,7 @@ from .loading import LoadedModels
 from .outputs import package_versions
 
 MODEL_NAMES = ("clip", "ella")
+PROMPTS_FILE = "prompts.json"  # the prompts a results folder was generated from, for browsing
 SEED_POLICY = "every prompt: seed S; its 4 tiles are the 4 latents drawn from S in one batch, shared by CLIP and ELLA"
 
 
@@ -89,6 +90,9 @@ def generate_grids(
         (out / name).mkdir(parents=True, exist_ok=True)
         if rank == 0:
             (out / name / "meta.json").write_text(json.dumps({**settings, "model": name}, indent=2))
+    if rank == 0:
+        known = json.loads((out / PROMPTS_FILE).read_text()) if (out / PROMPTS_FILE).is_file() else {}
+        (out / PROMPTS_FILE).write_text(json.dumps({**known, **prompts}, indent=1, sort_keys=True))
     counts = {"generated": 0, "skipped": 0}
     for item in shard(sorted(prompts), rank, world):
         pending = [name for name in model_names if not grid_is_valid(out / name / f"{item}.png", resolution)]

@@ -296,7 +296,41 @@ class ExplorerUI:
         return str(archive)
 
 
-def build_app(models: LoadedModels, gpu_wrapper: Callable = lambda function: function) -> gr.Blocks:
+def _dpg_tab(results: Path | None) -> None:
+    """Browse a DPG-Bench results folder chosen at launch (never a path typed in the browser)."""
+    from .dpg_browse import item_view, list_items
+
+    if results is None:
+        gr.Markdown(
+            "Start the app with `--dpg-results OUT` to browse DPG-Bench results here. Produce them with "
+            "`python -m ella_demo dpg generate --dpg-dir DPG --out OUT` and score each model with "
+            "`python -m ella_demo dpg score --dpg-dir DPG --images OUT/ella --vqa blip --out OUT/ella/report.json`."
+        )
+        return
+    items = list_items(results)
+    gr.Markdown(f"Results folder: `{results}`, {len(items)} prompts. Tiles are numbered row by row.")
+    item = gr.Dropdown(items, value=items[0] if items else None, label="Prompt (item id)", elem_id="dpg-item")
+    prompt = gr.Markdown()
+    with gr.Row():
+        clip_grid = gr.Image(label="SD1.5 + CLIP", format="png", interactive=False)
+        ella_grid = gr.Image(label="SD1.5 + ELLA", format="png", interactive=False)
+    table = gr.Markdown(elem_id="dpg-answers")
+
+    def show(item_id: str):
+        if not item_id:
+            return "", None, None, ""
+        try:
+            view = item_view(results, item_id)
+        except ValueError as error:
+            raise gr.Error(str(error)) from error
+        return f"**{item_id}**: {view['prompt']}", view["grids"].get("clip"), view["grids"].get("ella"), view["table"]
+
+    item.change(show, item, [prompt, clip_grid, ella_grid, table], api_name="dpg_item")
+
+
+def build_app(
+    models: LoadedModels, gpu_wrapper: Callable = lambda function: function, dpg_results: Path | None = None
+) -> gr.Blocks:
     """The Blocks app; launch it with `launch_app`."""
     ui = ExplorerUI(models, gpu_wrapper)
     low, high = ui.size_range
@@ -461,6 +495,9 @@ def build_app(models: LoadedModels, gpu_wrapper: Callable = lambda function: fun
                     [probe_map, probe_curves, probe_compare],
                     api_name="probe",
                 )
+
+            with gr.Tab("DPG-Bench"):
+                _dpg_tab(dpg_results)
 
             with gr.Tab("About"):
                 gr.Markdown(ABOUT)

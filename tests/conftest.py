@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
+from tests_support import free_port
 
 # Tests never reach a model hub; without this a missing-file lookup can stall before failing.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -54,12 +54,6 @@ def hub_layout(tiny, tmp_path_factory) -> dict[str, Path]:
     tiny.t5_tokenizer.save_pretrained(t5_folder)
     save_ella_checkpoint(tiny.ella, ella_repo / ELLA_FILENAME)
     return {"sd15": sd15, "ella_repo": ella_repo, "ella_file": ella_repo / ELLA_FILENAME, "t5": t5_folder}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

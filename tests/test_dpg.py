@@ -193,3 +193,85 @@ def test_cli_generate_limit_and_items(tmp_path):
          "--out", str(tmp_path), "--items", "nope"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert bad.returncode == 2 and "--items names unknown item ids: nope" in bad.stderr
+
+
+def save_tiny_blip(folder: Path) -> None:
+    """A toy BLIP VQA model and processor saved the way a hub repo holds them."""
+    import torch
+    from transformers import BertTokenizer, BlipConfig, BlipForQuestionAnswering, BlipImageProcessor, BlipProcessor
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "yes", "no", "is", "there", "a", "kite", "boat", "?"]
+    tokenizer = BertTokenizer(vocab={word: index for index, word in enumerate(words)})
+    processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer)
+    config = BlipConfig(
+        text_config={"vocab_size": len(words), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "encoder_hidden_size": 32, "max_position_embeddings": 64,
+                     "bos_token_id": 2, "sep_token_id": 3, "pad_token_id": 0},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                       "image_size": 32, "patch_size": 8},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    BlipForQuestionAnswering(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
+def test_blip_backend_loads_from_a_local_folder_and_answers_each_question(tmp_path):
+    from ella_demo.vqa import make_answerer
+
+    save_tiny_blip(tmp_path / "blip")
+    answerer = make_answerer(f"blip:{tmp_path / 'blip'}")
+    replies = answerer(Image.new("RGB", (40, 40), "red"), ["is there a kite?", "is there a boat?", "is there a?"])
+    assert len(replies) == 3 and all(isinstance(reply, str) for reply in replies)
+    assert not answerer.model.training
+
+
+def test_blip_backend_refuses_pickle_only_weights(tmp_path):
+    import torch
+    from transformers import BlipForQuestionAnswering
+
+    from ella_demo.vqa import make_answerer
+
+    save_tiny_blip(tmp_path / "blip")
+    model = BlipForQuestionAnswering.from_pretrained(tmp_path / "blip")
+    (tmp_path / "blip" / "model.safetensors").unlink()
+    torch.save(model.state_dict(), tmp_path / "blip" / "pytorch_model.bin")
+    with pytest.raises(OSError):
+        make_answerer(f"blip:{tmp_path / 'blip'}")
+
+
+def test_unknown_vqa_backend_is_a_clear_error():
+    from ella_demo.vqa import make_answerer
+
+    with pytest.raises(dpg.DpgDataError, match="unknown VQA backend 'mplug'"):
+        make_answerer("mplug")
+
+
+def test_app_tab_browses_grids_and_answers(tiny, tmp_path):
+    from gradio_client import Client
+    from tests_support import free_port
+
+    from ella_demo import ui
+    from ella_demo.dpg_browse import item_view, list_items
+
+    prompts = dpg.load_prompts(FIXTURE)
+    generate_grids(tiny, {k: prompts[k] for k in ("item_a", "item_b")}, tmp_path, resolution=16, steps=1)
+    report = dpg.score(dpg.load_bench(FIXTURE), read_answers(FIXTURE / "answers.csv"))
+    dpg.write_report(report, tmp_path / "ella" / "report.json")
+    assert list_items(tmp_path) == ["item_a", "item_b"]
+    with pytest.raises(ValueError, match="is not an item of this results folder"):
+        item_view(tmp_path, "../../etc/passwd")
+
+    app = ui.build_app(tiny, dpg_results=tmp_path)
+    port = free_port()
+    ui.launch_app(app, port=port, prevent_thread_lock=True, quiet=True, allowed_paths=[str(tmp_path)])
+    try:
+        prompt, clip_grid, ella_grid, table = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
+            "item_a", api_name="/dpg_item"
+        )
+    finally:
+        app.close()
+    assert "A red kite above a white lighthouse" in prompt
+    assert Image.open(clip_grid).size == Image.open(ella_grid).size == (32, 32)
+    assert "Is the kite red?" in table
+    # ELLA's answers to question 2 over tiles 1-4: tile 2's "yes" scores 0 because its parent failed
+    assert "| 2. Is the kite red? | – · – · – · – | ✓ yes · ✗ yes · ✗ Yes. · ✓ yes |" in table
