@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from .config import PRESETS
@@ -226,7 +227,8 @@ def _dpg_generate(args: argparse.Namespace) -> int:
         prompts = {item: prompts[item] for item in wanted}
     if args.limit is not None:
         prompts = {item: prompts[item] for item in sorted(prompts)[: args.limit]}
-    state = PartialState()
+    # On machines without a GPU the processes talk over CPU (gloo); accelerate must be told so.
+    state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
     if state.num_processes > 1 and args.device == "auto":
         args.device = str(state.device)
     models = load_from_args(args)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from tests_support import free_port
 
 from ella_demo import dpg
 from ella_demo.dpg_generate import generate_grids, grid_is_valid, make_grid, shard
@@ -275,3 +276,20 @@ def test_app_tab_browses_grids_and_answers(tiny, tmp_path):
     assert "Is the kite red?" in table
     # ELLA's answers to question 2 over tiles 1-4: tile 2's "yes" scores 0 because its parent failed
     assert "| 2. Is the kite red? | – · – · – · – | ✓ yes · ✗ yes · ✗ Yes. · ✓ yes |" in table
+
+
+def test_two_processes_share_the_prompts_without_duplicates_or_gaps(tmp_path):
+    """Launched like `accelerate launch`/torchrun would on a machine with two devices (here: CPU)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+         "-m", "ella_demo", "dpg", "generate", "--preset", "tiny", "--device", "cpu", "--dpg-dir", str(FIXTURE),
+         "--out", str(tmp_path), "--steps", "1", "--resolution", "16"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    reports = sorted(line for line in result.stdout.splitlines() if line.startswith("process "))
+    assert reports == [
+        "process 0: generated 2, skipped 0 (already done)",
+        "process 1: generated 2, skipped 0 (already done)",
+    ]
+    assert sorted(path.name for path in (tmp_path / "ella").glob("*.png")) == [f"item_{k}.png" for k in "abcd"]
