@@ -249,7 +249,6 @@ def test_unknown_vqa_backend_is_a_clear_error():
 
 def test_app_tab_browses_grids_and_answers(tiny, tmp_path):
     from gradio_client import Client
-    from tests_support import free_port
 
     from ella_demo import ui
     from ella_demo.dpg_browse import item_view, list_items
