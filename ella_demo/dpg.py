@@ -79,18 +79,22 @@ def _parse_ids(text: str, what: str, row: int) -> tuple[int, ...]:
         ) from error
 
 
+def read_csv_rows(path: Path, required: tuple[str, ...], missing_hint: str) -> list[dict[str, str]]:
+    """The rows of a CSV file that must exist and have the `required` columns."""
+    if not path.is_file():
+        raise DpgDataError(f"{path} is missing: {missing_hint}")
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = [column for column in required if column not in (reader.fieldnames or [])]
+        if missing:
+            raise DpgDataError(f"{path} lacks the columns {', '.join(missing)} (expected: {','.join(required)})")
+        return list(reader)
+
+
 def load_bench(dpg_dir: str | Path, official_quirks: bool = False) -> DpgBench:
     """Prompts and questions, validated. Problems that lose data are reported in `warnings`."""
     prompts = load_prompts(dpg_dir)
-    csv_path = Path(dpg_dir) / "dpg_bench.csv"
-    if not csv_path.is_file():
-        raise DpgDataError(f"{csv_path} is missing: scoring needs the question file dpg_bench.csv")
-    with csv_path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [column for column in REQUIRED_COLUMNS if column not in (reader.fieldnames or [])]
-        if missing:
-            raise DpgDataError(f"{csv_path} lacks the columns {', '.join(missing)}")
-        rows = list(reader)
+    rows = read_csv_rows(Path(dpg_dir) / "dpg_bench.csv", REQUIRED_COLUMNS, "scoring needs the question file")
     bench = DpgBench(prompts)
     if official_quirks and rows:
         bench.warnings.append(f"official quirk: dropped the first data row (item {rows[0]['item_id']})")

@@ -8,13 +8,12 @@ bottom-left, bottom-right), and `blip` / `blip:REPO_OR_FOLDER` asks BLIP VQA
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from .dpg import TILES, DpgBench, DpgDataError
+from .dpg import TILES, DpgBench, DpgDataError, read_csv_rows
 
 DEFAULT_BLIP = "Salesforce/blip-vqa-base"
 ANSWER_COLUMNS = ("item_id", "tile", "proposition_id", "answer")
@@ -23,22 +22,15 @@ ANSWER_COLUMNS = ("item_id", "tile", "proposition_id", "answer")
 def read_answers(path: str | Path) -> dict[tuple[str, int, int], str]:
     """(item_id, tile, proposition_id) -> answer, from a CSV computed elsewhere."""
     path = Path(path)
-    if not path.is_file():
-        raise DpgDataError(f"answers file {path} does not exist")
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [column for column in ANSWER_COLUMNS if column not in (reader.fieldnames or [])]
-        if missing:
-            raise DpgDataError(f"{path} lacks the columns {', '.join(missing)} (header: {','.join(ANSWER_COLUMNS)})")
-        answers = {}
-        for number, row in enumerate(reader, start=2):
-            try:
-                tile, proposition = int(row["tile"]), int(row["proposition_id"])
-            except ValueError as error:
-                raise DpgDataError(f"{path} row {number}: tile and proposition_id must be integers") from error
-            if not 0 <= tile < TILES:
-                raise DpgDataError(f"{path} row {number}: tile must be 0-3 (row-major), got {tile}")
-            answers[(row["item_id"].strip(), tile, proposition)] = row["answer"]
+    answers = {}
+    for number, row in enumerate(read_csv_rows(path, ANSWER_COLUMNS, "give the answers file's path"), start=2):
+        try:
+            tile, proposition = int(row["tile"]), int(row["proposition_id"])
+        except ValueError as error:
+            raise DpgDataError(f"{path} row {number}: tile and proposition_id must be integers") from error
+        if not 0 <= tile < TILES:
+            raise DpgDataError(f"{path} row {number}: tile must be 0-3 (row-major), got {tile}")
+        answers[(row["item_id"].strip(), tile, proposition)] = row["answer"]
     return answers
 
 
