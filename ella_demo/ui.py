@@ -71,6 +71,9 @@ Weights: [QQGYLab/ELLA](https://huggingface.co/QQGYLab/ELLA) and
 """
 
 
+SESSION_TTL_S = 3600
+
+
 def example_prompts() -> list[str]:
     """The example prompts shipped in assets/example_prompts.json (written by us)."""
     path = Path(str(resources.files("ella_demo"))).parent / "assets" / "example_prompts.json"
@@ -341,7 +344,8 @@ def build_app(
         gr.Markdown("# ELLA Explorer\nStable Diffusion 1.5 with CLIP, and with ELLA's LLM connector, side by side.")
         if ui.banner():
             gr.Markdown(ui.banner(), elem_id="random-weights-banner")
-        session = gr.State(None)
+        # A run's trace is tens of MB at 512 px: drop it an hour after its last use.
+        session = gr.State(None, time_to_live=SESSION_TTL_S)
         with gr.Tabs():
             with gr.Tab("Compare"):
                 with gr.Row():
