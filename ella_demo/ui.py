@@ -299,6 +299,17 @@ class ExplorerUI:
         return str(archive)
 
 
+def _clickable_image(side: str) -> gr.Image:
+    """The first image of one side, where a click asks which words are at that pixel."""
+    return gr.Image(
+        label=f"SD1.5 + {side} (click a pixel: which words are there?)",
+        format="png",
+        interactive=False,
+        height=420,
+        elem_id=f"{side.lower()}-image",
+    )
+
+
 def _dpg_tab(results: Path | None) -> None:
     """Browse a DPG-Bench results folder chosen at launch (never a path typed in the browser)."""
     from .dpg_browse import item_view, list_items
@@ -377,20 +388,7 @@ def build_app(
                 gr.Examples(example_prompts(), inputs=prompt, label="Examples (click one, then Generate)")
                 notes = gr.Markdown(elem_id="run-notes")
                 with gr.Row():
-                    clip_image = gr.Image(
-                        label="SD1.5 + CLIP (click a pixel: which words are there?)",
-                        format="png",
-                        interactive=False,
-                        height=420,
-                        elem_id="clip-image",
-                    )
-                    ella_image = gr.Image(
-                        label="SD1.5 + ELLA (click a pixel: which words are there?)",
-                        format="png",
-                        interactive=False,
-                        height=420,
-                        elem_id="ella-image",
-                    )
+                    clip_image, ella_image = (_clickable_image(label) for label in ("CLIP", "ELLA"))
                 gallery = gr.Gallery(
                     label="All images: CLIP, then ELLA",
                     columns=8,
