@@ -137,20 +137,29 @@ class PerceiverBlock(nn.Module):
         """text (B, L, D), latents (B, Q, D), temb (B, 1, E).
 
         Returns the updated latents (B, Q, D) and, if asked, the per-head softmax weights
-        (B, H, Q, Q + L); otherwise None, so PyTorch keeps its fused attention kernel.
+        (B, H, Q, Q + L); otherwise None. The latents always come from PyTorch's fused attention
+        kernel, so asking for the weights never changes the output.
         """
         normed = self.ln_1(latents, temb)
         keys_values = torch.cat([normed, self.ln_2(text, temb)], dim=1)
-        attended, weights = self.attn(
-            normed,
-            keys_values,
-            keys_values,
-            need_weights=return_attention,
-            average_attn_weights=False,
-        )
+        attended, _ = self.attn(normed, keys_values, keys_values, need_weights=False)
+        weights = self.attention_weights(normed, keys_values) if return_attention else None
         latents = latents + attended
         latents = latents + self.mlp(self.ln_ff(latents, temb))
         return latents, weights
+
+    def attention_weights(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """The softmax weights `self.attn` uses, computed beside it: (B, Q, D), (B, K, D) -> (B, H, Q, K)."""
+        heads = self.attn.num_heads
+        query_weight, key_weight, _ = self.attn.in_proj_weight.chunk(3)
+        query_bias, key_bias, _ = self.attn.in_proj_bias.chunk(3)
+        batch, width = queries.shape[0], queries.shape[-1]
+        projected_queries = nn.functional.linear(queries, query_weight, query_bias)
+        projected_keys = nn.functional.linear(keys, key_weight, key_bias)
+        projected_queries = projected_queries.view(batch, -1, heads, width // heads).transpose(1, 2)
+        projected_keys = projected_keys.view(batch, -1, heads, width // heads).transpose(1, 2)
+        scores = projected_queries @ projected_keys.transpose(-1, -2) * (width // heads) ** -0.5
+        return scores.softmax(dim=-1)
 
 
 class PerceiverResampler(nn.Module):

@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from .loading import LoadedModels
 from .schedulers import make_scheduler
-from .settings import GenerationSettings, validate
+from .settings import GenerationSettings, SettingsError, validate
 from .text_encoders import FLEXIBLE, TextEncoding
 from .tracing import (
     CrossAttentionRecorder,
@@ -38,6 +39,8 @@ from .tracing import (
 )
 
 ProgressCallback = Callable[[int, int], None]
+# One generator for every image, or one per image (diffusers' convention).
+Generators = torch.Generator | list[torch.Generator]
 
 
 @dataclass
@@ -46,8 +49,10 @@ class GenerationResult:
 
     clip_images / ella_images: PIL images (empty for a side that was not run).
     clip_pixels / ella_pixels: the same as float32 arrays (N, H, W, 3) in [0, 1], or None.
-    timesteps: (S,) the scheduler's timesteps. timings: seconds per phase (t5, clip, tsc, unet,
-    vae, total). warnings: user-facing notes such as prompt truncation.
+    timesteps: (S,) the timesteps actually run; S can differ from `num_inference_steps` (PNDM
+    runs one more). timings: seconds per phase (t5, clip, tsc, unet, vae, total). seeding: how
+    the noise was drawn, in words. tokens: the prompt as each encoder split it (what meta.json
+    records), so writers never re-encode. warnings: user-facing notes such as prompt truncation.
     """
 
     settings: GenerationSettings
@@ -59,6 +64,8 @@ class GenerationResult:
     timings: dict[str, float]
     trace: Trace | None
     random_weights: bool
+    seeding: str = ""
+    tokens: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -77,12 +84,17 @@ def generate(
     t5_length: int | str = FLEXIBLE,
     trace: bool = False,
     sides: str = "both",
+    seeding: str = "cpu",
+    generator: Generators | None = None,
     progress: ProgressCallback | None = None,
 ) -> GenerationResult:
     """Generate with CLIP and with ELLA side by side (or one side: sides="clip" / "ella").
 
-    Arguments use diffusers' names; see `settings.GenerationSettings` for ranges. Raises
-    `settings.SettingsError` for a bad argument before any model work starts.
+    Arguments use diffusers' names; see `settings.GenerationSettings` for ranges. `seeding` picks
+    how `seed` becomes noise (settings.SEEDINGS); a `generator` (one torch.Generator, or a list
+    with one per image, as in diffusers) replaces the seed altogether. `progress(done, total)` is
+    called after every step; it may raise (e.g. `errors.GenerationCancelledError`) to stop the run.
+    Raises `settings.SettingsError` for a bad argument before any model work starts.
     """
     settings = GenerationSettings(
         prompt=prompt,
@@ -98,27 +110,61 @@ def generate(
         t5_length=t5_length,
         sides=sides,
         trace=trace,
+        seeding=seeding,
     )
     validate(settings, models.preset)
-    return run(models, settings, progress)
+    check_generator(generator, settings.num_images)
+    return run(models, settings, progress, generator)
+
+
+def check_generator(generator, num_images: int) -> None:
+    """A torch.Generator, a list of exactly `num_images` of them, or None; else a SettingsError."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if isinstance(generator, list | tuple) and all(isinstance(item, torch.Generator) for item in generator):
+        if len(generator) == num_images:
+            return
+        raise SettingsError("generator", f"must hold one generator per image: {num_images}, got {len(generator)}.")
+    raise SettingsError("generator", f"must be a torch.Generator or a list of them, got {type(generator).__name__}.")
 
 
 class _Timer:
-    """Wall-clock seconds per phase; synchronises CUDA so asynchronous work lands in its phase."""
+    """Seconds per phase. On CUDA, events recorded around each phase are read once at the end.
+
+    Synchronising at the end of every phase would stall the GPU queue at every step; CUDA events
+    time the GPU work without waiting for it.
+    """
 
     def __init__(self, device: torch.device):
         self.device = device
-        self.totals: dict[str, float] = {}
+        self._seconds: dict[str, float] = {}
+        self._events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
 
     @contextlib.contextmanager
     def phase(self, name: str):
+        if self.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            try:
+                yield
+            finally:
+                end.record()
+                self._events.append((name, start, end))
+            return
         started = time.perf_counter()
         try:
             yield
         finally:
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - started
+            self._seconds[name] = self._seconds.get(name, 0.0) + time.perf_counter() - started
+
+    def totals(self) -> dict[str, float]:
+        """Seconds per phase; on CUDA this waits once for the recorded work to finish."""
+        if self._events:
+            torch.cuda.synchronize(self.device)
+            for name, start, end in self._events:
+                self._seconds[name] = self._seconds.get(name, 0.0) + start.elapsed_time(end) / 1000
+            self._events.clear()
+        return dict(self._seconds)
 
 
 @dataclass
@@ -130,7 +176,10 @@ class _Prompts:
 
 
 def run(
-    models: LoadedModels, settings: GenerationSettings, progress: ProgressCallback | None = None
+    models: LoadedModels,
+    settings: GenerationSettings,
+    progress: ProgressCallback | None = None,
+    generator: Generators | None = None,
 ) -> GenerationResult:
     """Run a validated generation. The numbered steps follow diffusers' pipelines."""
     started = time.perf_counter()
@@ -148,15 +197,15 @@ def run(
         scheduler.set_timesteps(settings.num_inference_steps, device=models.device)
     timesteps = next(iter(schedulers.values())).timesteps
 
-    # 3. The initial latents, drawn once and shared; one noise generator per side, in the same state.
-    generator = torch.Generator("cpu").manual_seed(settings.seed)
+    # 3. The initial latents, drawn once and shared; each side steps with copies of the generators.
+    generators, seeding = _generators(settings, generator, models.device)
     unet = models.pipe.unet
     scale = 2 ** (len(models.pipe.vae.config.block_out_channels) - 1)
     latent_size = (settings.height // scale, settings.width // scale)
     shape = (count, unet.config.in_channels, *latent_size)
-    initial = torch.randn(shape, generator=generator, dtype=models.dtype).to(models.device)
+    initial = randn_tensor(shape, generator=generators, device=models.device, dtype=models.dtype)
     latents = {side: initial * schedulers[side].init_noise_sigma for side in sides}
-    step_options = {side: _step_options(schedulers[side], _copy_generator(generator)) for side in sides}
+    step_options = {side: _step_options(schedulers[side], _copy_generators(generators)) for side in sides}
 
     # 4. Tracing set-up (nothing is allocated or installed when tracing is off).
     buffers = StepBuffers(len(timesteps), models.device) if settings.trace else None
@@ -166,7 +215,9 @@ def run(
         for side in sides:
             rows[side] = (offset + (count if guided else 0), _condition_length(models, settings, prompts, side))
             offset += count * (2 if guided else 1)
-        recorder = CrossAttentionRecorder(rows, latent_size, len(timesteps), models.device)
+        recorder = CrossAttentionRecorder(
+            rows, latent_size, len(timesteps), models.device, accumulator_dtype(models.dtype)
+        )
 
     # 5. Denoise.
     with torch.no_grad(), _maybe_recording(unet, recorder):
@@ -203,10 +254,11 @@ def run(
     per_side = dict(zip(sides, np.split(pixels, len(sides)), strict=True))
 
     # 7. Package.
-    timer.totals["total"] = time.perf_counter() - started
+    timings = timer.totals()
+    timings["total"] = time.perf_counter() - started
     trace = None
     if settings.trace:
-        trace = _assemble_trace(settings, prompts, timesteps, buffers, recorder, models, timer.totals)
+        trace = _assemble_trace(settings, prompts, timesteps, buffers, recorder, models, timings)
     return GenerationResult(
         settings=settings,
         clip_images=_to_pil(per_side.get("clip")),
@@ -214,9 +266,11 @@ def run(
         clip_pixels=per_side.get("clip"),
         ella_pixels=per_side.get("ella"),
         timesteps=timesteps.cpu().numpy(),
-        timings=timer.totals,
+        timings=timings,
         trace=trace,
         random_weights=models.random_weights,
+        seeding=seeding,
+        tokens=_token_record(prompts),
         warnings=_truncation_warnings(prompts),
     )
 
@@ -299,13 +353,35 @@ def _pad_and_stack(conditions: list[torch.Tensor], count: int) -> tuple[torch.Te
     return torch.cat(padded), torch.cat(masks)
 
 
-def _copy_generator(generator: torch.Generator) -> torch.Generator:
-    copy = torch.Generator(generator.device)
-    copy.set_state(generator.get_state())
+def _generators(
+    settings: GenerationSettings, generator: Generators | None, device: torch.device
+) -> tuple[Generators, str]:
+    """The generator(s) that draw this run's noise, and how they were made, in words."""
+    if generator is not None:
+        return (list(generator) if isinstance(generator, list | tuple) else generator), "the caller's generator(s)"
+    if settings.seeding == "official":
+        first, last = settings.seed, settings.seed + settings.num_images - 1
+        seeds = f"seed {first}" if first == last else f"seeds {first} to {last}"
+        made = [torch.Generator(device).manual_seed(settings.seed + index) for index in range(settings.num_images)]
+        return made, f"official: one {device.type} generator per image, {seeds}"
+    return torch.Generator("cpu").manual_seed(settings.seed), f"seed {settings.seed}, one CPU generator for all images"
+
+
+def _copy_generators(generators: Generators) -> Generators:
+    """Generators in the same state, so each side draws the same per-step noise."""
+    if isinstance(generators, list):
+        return [_copy_generators(item) for item in generators]
+    copy = torch.Generator(generators.device)
+    copy.set_state(generators.get_state())
     return copy
 
 
-def _step_options(scheduler, generator: torch.Generator) -> dict:
+def accumulator_dtype(model_dtype: torch.dtype) -> torch.dtype:
+    """Trace sums in the model's dtype where its precision allows: fp16 and fp32 do, bf16 (8 bits) does not."""
+    return torch.float32 if model_dtype == torch.bfloat16 else model_dtype
+
+
+def _step_options(scheduler, generator: Generators) -> dict:
     """The generator, and eta=0 (deterministic DDIM), for the schedulers whose step takes them."""
     accepted = inspect.signature(scheduler.step).parameters
     options = {}
@@ -324,6 +400,16 @@ def _to_pil(pixels: np.ndarray | None) -> list[Image.Image]:
     if pixels is None:
         return []
     return [Image.fromarray((image * 255).round().astype(np.uint8)) for image in pixels]
+
+
+def _token_record(prompts: _Prompts) -> dict:
+    """The prompt as each encoder split it: tokens, and words as [text, token indices]."""
+    record = {}
+    for name, encoding in (("t5", prompts.t5_cond), ("clip", prompts.clip_cond)):
+        if encoding is not None:
+            record[name] = list(encoding.tokens)
+            record[f"{name}_words"] = [[word.text, list(word.token_indices)] for word in encoding.words]
+    return record
 
 
 def _truncation_warnings(prompts: _Prompts) -> list[str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import safetensors
 import safetensors.torch
 import torch
-from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from huggingface_hub import snapshot_download
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokenizer
 
@@ -35,6 +35,7 @@ from .config import (
 from .connector import ELLA, EllaConfig
 from .devices import Placement, choose_placement
 from .presets import Components, WeightlessConfigs, build_weightless_components
+from .schedulers import scheduler_from_config
 from .text_encoders import CLIPPromptEncoder, T5PromptEncoder
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w./-]+)?$")
@@ -405,7 +406,6 @@ def _load_diffusers_sd(folder: Path, placement: Placement, allow_pickle: bool) -
                 + "."
             )
     common = {"variant": variant, "use_safetensors": not allow_pickle}
-    scheduler_config = DPMSolverMultistepScheduler.load_config(folder, subfolder="scheduler")
     return {
         "unet": UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=placement.dtype, **common),
         "vae": AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=placement.dtype, **common),
@@ -413,7 +413,7 @@ def _load_diffusers_sd(folder: Path, placement: Placement, allow_pickle: bool) -
             folder, subfolder="text_encoder", dtype=placement.dtype, **common
         ),
         "tokenizer": CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"),
-        "scheduler": DPMSolverMultistepScheduler.from_config(scheduler_config),
+        "scheduler": _read_scheduler(folder),
     }
 
 
@@ -455,14 +455,21 @@ def _load_single_file_sd(
             f"Could not read {path} as a Stable Diffusion 1.5 checkpoint ({type(error).__name__}: {error}). "
             "Single files must be SD1.5-family checkpoints in the original (LDM) layout."
         ) from error
-    scheduler_config = DPMSolverMultistepScheduler.load_config(config_dir, subfolder="scheduler")
     return {
         "unet": pipe.unet,
         "vae": pipe.vae,
         "text_encoder": pipe.text_encoder,
         "tokenizer": tokenizer,
-        "scheduler": DPMSolverMultistepScheduler.from_config(scheduler_config),
+        "scheduler": _read_scheduler(config_dir),
     }
+
+
+def _read_scheduler(folder: Path):
+    """The scheduler of a diffusers-layout folder, as its config file describes it (SD1.5: PNDM)."""
+    try:
+        return scheduler_from_config(_read_json(folder / "scheduler" / "scheduler_config.json"))
+    except ValueError as error:
+        raise ModelSourceError(f"{folder / 'scheduler'}: {error}.") from error
 
 
 def _resolve_ella_file(source: Path | HubLocation, cache_dir: str | Path | None) -> Path:

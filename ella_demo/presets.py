@@ -12,11 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
 
 from .connector import ELLA, EllaConfig
 from .devices import Placement
+from .schedulers import scheduler_from_config
 from .toy_tokenizers import build_clip_tokenizer, build_t5_tokenizer
 
 # Standard deviation for the connector's AdaLayerNorm projections. The release initialises them to
@@ -45,7 +47,7 @@ class Components:
     vae: AutoencoderKL
     text_encoder: CLIPTextModel
     tokenizer: CLIPTokenizer
-    scheduler: DPMSolverMultistepScheduler
+    scheduler: SchedulerMixin
     t5: T5EncoderModel
     t5_tokenizer: T5Tokenizer
     ella: ELLA
@@ -84,7 +86,7 @@ def build_weightless_components(configs: WeightlessConfigs, placement: Placement
         vae=_cast(vae, placement.dtype),
         text_encoder=_cast(text_encoder, placement.dtype),
         tokenizer=tokenizer,
-        scheduler=DPMSolverMultistepScheduler.from_config(configs.scheduler),
+        scheduler=scheduler_from_config(configs.scheduler),
         t5=_cast(t5, placement.t5_dtype),
         t5_tokenizer=t5_tokenizer,
         ella=_cast(ella, placement.dtype),

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
+from .errors import InputError
 from .text_encoders import DEFAULT_T5_LENGTH, FLEXIBLE
 
 MODES = ("ella", "ella+clip")
 SIDES = ("both", "clip", "ella")
 SCHEDULER_NAMES = ("dpm++", "ddim", "euler", "euler_a", "unipc", "pndm")
+# How the initial and per-step noise is drawn. "cpu": one CPU generator seeded with `seed` draws the
+# noise of every image, so a seed gives the same images on any device. "official": the official
+# ELLA demo's way, one generator per image on the model's device seeded seed + i; on the same GPU
+# this reproduces the demo's images.
+SEEDINGS = {
+    "cpu": "one CPU generator seeded with the seed draws every image's noise (same images on any device)",
+    "official": "one generator per image on the model's device, seeded seed + i (the official ELLA demo)",
+}
 STEPS_RANGE = (1, 150)
 GUIDANCE_RANGE = (0.0, 30.0)
 IMAGES_RANGE = (1, 4)
@@ -21,8 +31,8 @@ DEFAULT_GUIDANCE = 10.0
 DEFAULT_SIZE = 512
 
 
-class SettingsError(ValueError):
-    """A generation argument is out of range; the message names it, its value and the range."""
+class SettingsError(InputError):
+    """A generation argument is unusable; the message names it, its value and what is allowed."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,7 @@ class GenerationSettings:
     t5_length: int | str = FLEXIBLE
     sides: str = "both"
     trace: bool = False
+    seeding: str = "cpu"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,15 +72,31 @@ class GenerationSettings:
 
 
 def _check_int(name: str, value, low: int, high: int) -> None:
+    """Python ints only: 2.5, 25.0, NaN, True and "25" are refused, never rounded or converted."""
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise SettingsError(f"{name} must be a whole number from {low} to {high}, got {value!r}.")
+        raise SettingsError(name, f"must be a whole number from {low} to {high}, got {value!r}.")
+
+
+def _check_text(name: str, value) -> None:
+    if not isinstance(value, str):
+        raise SettingsError(name, f"must be text, got {type(value).__name__}.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise SettingsError(
+            name, f"contains a character that is not valid text (position {error.start}); remove it."
+        ) from None
+
+
+def _check_choice(name: str, value, allowed) -> None:
+    if not isinstance(value, str) or value not in allowed:
+        raise SettingsError(name, f"must be one of {', '.join(allowed)}, got {value!r}.")
 
 
 def validate(settings: GenerationSettings, preset: str) -> None:
-    """Raise SettingsError on the first out-of-range argument, naming it, its value and the range."""
-    for name in ("prompt", "negative_prompt"):
-        if not isinstance(getattr(settings, name), str):
-            raise SettingsError(f"{name} must be text, got {type(getattr(settings, name)).__name__}.")
+    """Raise SettingsError on the first unusable argument, naming it, its value and what is allowed."""
+    _check_text("prompt", settings.prompt)
+    _check_text("negative_prompt", settings.negative_prompt)
     _check_int("seed", settings.seed, *SEED_RANGE)
     _check_int("num_inference_steps", settings.num_inference_steps, *STEPS_RANGE)
     _check_int("num_images", settings.num_images, *IMAGES_RANGE)
@@ -77,25 +104,25 @@ def validate(settings: GenerationSettings, preset: str) -> None:
     if (
         isinstance(guidance, bool)
         or not isinstance(guidance, int | float)
+        or math.isnan(guidance)
         or not (GUIDANCE_RANGE[0] <= guidance <= GUIDANCE_RANGE[1])
     ):
-        raise SettingsError(f"guidance_scale must be a number from 0 to 30, got {guidance!r}.")
+        raise SettingsError("guidance_scale", f"must be a number from 0 to 30, got {guidance!r}.")
     low, high = TINY_SIZE_RANGE if preset == "tiny" else SIZE_RANGE
     for name in ("height", "width"):
         value = getattr(settings, name)
         _check_int(name, value, low, high)
         if value % 8:
-            raise SettingsError(f"{name} must be a multiple of 8 from {low} to {high}, got {value}.")
-    for name, value, allowed in (
-        ("scheduler", settings.scheduler, SCHEDULER_NAMES),
-        ("mode", settings.mode, MODES),
-        ("sides", settings.sides, SIDES),
-    ):
-        if value not in allowed:
-            raise SettingsError(f"{name} must be one of {', '.join(allowed)}, got {value!r}.")
+            raise SettingsError(name, f"must be a multiple of 8 from {low} to {high}, got {value}.")
+    _check_choice("scheduler", settings.scheduler, SCHEDULER_NAMES)
+    _check_choice("mode", settings.mode, MODES)
+    _check_choice("sides", settings.sides, SIDES)
+    _check_choice("seeding", settings.seeding, tuple(SEEDINGS))
     length = settings.t5_length
     if length != FLEXIBLE and (isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= 512):
         raise SettingsError(
-            f"t5_length must be 'flexible' or a token count from 1 to 512 (ELLA used {DEFAULT_T5_LENGTH}), "
-            f"got {length!r}."
+            "t5_length",
+            f"must be 'flexible' or a token count from 1 to 512 (ELLA used {DEFAULT_T5_LENGTH}), got {length!r}.",
         )
+    if not isinstance(settings.trace, bool):
+        raise SettingsError("trace", f"must be True or False, got {settings.trace!r}.")

@@ -91,14 +91,24 @@ _ACTIVE_RECORDER: contextvars.ContextVar[CrossAttentionRecorder | None] = contex
 class CrossAttentionRecorder:
     """Accumulates head-mean cross-attention maps of chosen batch rows, per step and resolution.
 
-    rows: side name -> (row index in the UNet batch, number of real key tokens).
+    rows: side name -> (row index in the UNet batch, number of real key tokens). Sums are kept in
+    `dtype` (the model's, where its precision allows: see engine.accumulator_dtype); at most
+    16 maps with values in [0, 1] are added per step and resolution.
     """
 
-    def __init__(self, rows: dict[str, tuple[int, int]], latent_size: tuple[int, int], steps: int, device):
+    def __init__(
+        self,
+        rows: dict[str, tuple[int, int]],
+        latent_size: tuple[int, int],
+        steps: int,
+        device,
+        dtype: torch.dtype = torch.float32,
+    ):
         self.rows = rows
         self.latent_size = latent_size
         self.steps = steps
         self.device = device
+        self.dtype = dtype
         self.step = 0
         self._sums: dict[tuple[str, int], torch.Tensor] = {}
         self._counts: dict[int, torch.Tensor] = {}
@@ -127,8 +137,10 @@ class CrossAttentionRecorder:
         for position, (side, (_, length)) in enumerate(self.rows.items()):
             key = (side, factor)
             if key not in self._sums:
-                self._sums[key] = torch.zeros(self.steps, *maps.shape[1:3], length, device=self.device)
-            self._sums[key][self.step] += maps[position, ..., :length]
+                self._sums[key] = torch.zeros(
+                    self.steps, *maps.shape[1:3], length, device=self.device, dtype=self.dtype
+                )
+            self._sums[key][self.step] += maps[position, ..., :length].to(self.dtype)
         self._pixels[factor] = pixels
         counts = self._counts.setdefault(factor, torch.zeros(self.steps, device=self.device))
         counts[self.step] += 1
@@ -153,7 +165,7 @@ class CrossAttentionRecorder:
                     continue
                 _, height, width = self._grid(self._pixels[factor])
                 name = f"{height}x{width}"
-                mean = total / self._counts[factor].clamp(min=1).view(-1, 1, 1, 1)
+                mean = total.float() / self._counts[factor].clamp(min=1).view(-1, 1, 1, 1)
                 maps[name] = mean.half().cpu().numpy()
                 if factor == POOLED_FACTOR:
                     pooled.append(name)

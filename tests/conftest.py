@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -43,11 +44,13 @@ def hub_layout(tiny, tmp_path_factory) -> dict[str, Path]:
     ella_repo: the connector file plus the T5 encoder subfolder (like QQGYLab/ELLA).
     """
     from ella_demo.config import ELLA_FILENAME, T5_SUBFOLDER
-    from ella_demo.loading import save_ella_checkpoint
+    from ella_demo.loading import package_config_dir, save_ella_checkpoint
 
     root = tmp_path_factory.mktemp("hub_layout")
     sd15 = root / "sd15"
     tiny.pipe.save_pretrained(sd15)
+    # The hub's scheduler file as published (save_pretrained would write every default into it).
+    shutil.copy(package_config_dir("sd15") / "scheduler" / "scheduler_config.json", sd15 / "scheduler")
     ella_repo = root / "ella_repo"
     t5_folder = ella_repo / T5_SUBFOLDER
     tiny.t5.save_pretrained(t5_folder)

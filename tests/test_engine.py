@@ -169,7 +169,7 @@ def snapshot_shared_state(models):
         dict(models.pipe.unet.attn_processors),
         dict(scheduler.config),
         scheduler.num_inference_steps,
-        scheduler.timesteps.clone(),
+        None if scheduler.timesteps is None else torch.as_tensor(scheduler.timesteps).clone(),
     )
 
 
@@ -179,7 +179,7 @@ def assert_shared_state_equal(before, after):
     assert processors_after.keys() == processors_before.keys()
     assert all(processors_after[name] is processors_before[name] for name in processors_before)
     assert config_after == config_before and steps_after == steps_before
-    assert torch.equal(timesteps_after, timesteps_before)
+    assert (timesteps_after is None and timesteps_before is None) or torch.equal(timesteps_after, timesteps_before)
 
 
 def test_shared_scheduler_and_processors_unchanged_after_a_traced_run(tiny):
@@ -202,11 +202,122 @@ def test_shared_state_restored_after_a_run_that_raises(tiny):
     assert after_failure.ella_pixels.shape == (1, 32, 32, 3)
 
 
-def test_tracing_does_not_change_the_images(tiny):
-    plain = generate(tiny, PROMPT, seed=6, **SMALL)
-    traced = generate(tiny, PROMPT, seed=6, trace=True, **SMALL)
-    assert np.abs(plain.ella_pixels - traced.ella_pixels).max() < 1e-5
+@pytest.mark.parametrize("mode", ["ella", "ella+clip"])
+def test_tracing_does_not_change_the_images(tiny, mode):
+    plain = generate(tiny, PROMPT, seed=6, mode=mode, num_images=2, **SMALL)
+    traced = generate(tiny, PROMPT, seed=6, mode=mode, num_images=2, trace=True, **SMALL)
+    assert np.array_equal(plain.ella_pixels, traced.ella_pixels)  # identical pixels, not merely close
+    assert np.array_equal(plain.clip_pixels, traced.clip_pixels)
     assert plain.trace is None and traced.trace is not None
+
+
+def test_official_seeding_equals_diffusers_with_one_generator_per_image(tiny):
+    """The official demo passes [Generator(device).manual_seed(seed + i) for i in range(n)] to diffusers."""
+    settings = {"guidance_scale": 7.5, **SMALL}
+    ours = generate(tiny, PROMPT, seed=40, num_images=3, seeding="official", sides="clip", **settings)
+    reference = diffusers_pipeline(tiny, "dpm++")(
+        PROMPT,
+        generator=[torch.Generator("cpu").manual_seed(40 + index) for index in range(3)],
+        num_images_per_prompt=3,
+        output_type="np",
+        **settings,
+    ).images
+    assert np.abs(ours.clip_pixels - reference).max() < 1e-4
+    assert ours.seeding == "official: one cpu generator per image, seeds 40 to 42"
+    default = generate(tiny, PROMPT, seed=40, num_images=3, sides="clip", **settings)
+    assert np.abs(default.clip_pixels - reference).max() > 1e-3  # the default draws differently
+
+
+@pytest.mark.parametrize("scheduler", ["dpm++", "euler_a"])
+def test_a_callers_generators_drive_both_sides(tiny, scheduler):
+    official = generate(tiny, PROMPT, seed=8, num_images=2, seeding="official", scheduler=scheduler, **SMALL)
+    given = generate(
+        tiny,
+        PROMPT,
+        num_images=2,
+        scheduler=scheduler,
+        generator=[torch.Generator().manual_seed(8), torch.Generator().manual_seed(9)],
+        **SMALL,
+    )
+    assert np.array_equal(given.ella_pixels, official.ella_pixels)
+    assert np.array_equal(given.clip_pixels, official.clip_pixels)
+    single = generate(tiny, PROMPT, generator=torch.Generator().manual_seed(3), **SMALL)
+    seeded = generate(tiny, PROMPT, seed=3, **SMALL)
+    assert np.array_equal(single.ella_pixels, seeded.ella_pixels)
+    assert single.seeding == "the caller's generator(s)"
+
+
+@pytest.mark.parametrize(
+    ("generator", "message"),
+    [
+        ([torch.Generator()], "generator must hold one generator per image: 2, got 1"),
+        ("seed", "generator must be a torch.Generator or a list of them, got str"),
+        ([torch.Generator(), 3], "generator must be a torch.Generator or a list of them, got list"),
+    ],
+)
+def test_bad_generators_are_named(tiny, generator, message):
+    with pytest.raises(SettingsError, match=message):
+        generate(tiny, PROMPT, num_images=2, generator=generator, **SMALL)
+
+
+def test_pndm_runs_one_more_timestep_and_everything_counts_what_ran(tiny):
+    calls = []
+    result = generate(
+        tiny, PROMPT, scheduler="pndm", trace=True, progress=lambda done, total: calls.append((done, total)), **SMALL
+    )
+    ran = SMALL["num_inference_steps"] + 1
+    assert len(result.timesteps) == ran
+    assert calls == [(step, ran) for step in range(1, ran + 1)]
+    assert result.trace.tsc_attention.shape[0] == ran
+    assert result.trace.sides["ella"].previews.shape[0] == ran
+
+
+def test_timer_reads_cuda_events_once_instead_of_synchronising_every_step(monkeypatch):
+    from ella_demo.engine import _Timer
+
+    synchronisations = []
+
+    class FakeEvent:
+        clock = 0.0
+
+        def __init__(self, enable_timing):
+            self.time = None
+
+        def record(self):
+            FakeEvent.clock += 0.5
+            self.time = FakeEvent.clock
+
+        def elapsed_time(self, end):
+            return (end.time - self.time) * 1000  # milliseconds, like CUDA
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synchronisations.append(device))
+    timer = _Timer(torch.device("cuda"))
+    for _ in range(25):
+        with timer.phase("unet"):
+            pass
+        with timer.phase("tsc"):
+            pass
+    assert synchronisations == []  # nothing waited during the loop
+    totals = timer.totals()
+    assert len(synchronisations) == 1
+    assert totals == pytest.approx({"unet": 12.5, "tsc": 12.5})
+
+
+@pytest.mark.parametrize(
+    ("model_dtype", "expected"),
+    [(torch.float16, torch.float16), (torch.float32, torch.float32), (torch.bfloat16, torch.float32)],
+)
+def test_trace_sums_use_the_model_dtype_where_precision_allows(tiny, model_dtype, expected):
+    from ella_demo.engine import accumulator_dtype
+    from ella_demo.tracing import CrossAttentionRecorder
+
+    dtype = accumulator_dtype(model_dtype)
+    assert dtype == expected
+    recorder = CrossAttentionRecorder({"clip": (0, 77)}, (4, 4), 2, "cpu", dtype)
+    attention = tiny.pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2
+    recorder.record(attention, torch.randn(1, 16, attention.query_dim), torch.randn(1, 77, 32), None)
+    assert all(total.dtype == expected for total in recorder._sums.values())
 
 
 @pytest.mark.parametrize("mode", ["ella", "ella+clip"])
@@ -288,6 +399,15 @@ def test_every_scheduler_runs(tiny, scheduler):
         ("t5_length", 0, "t5_length must be 'flexible' or a token count from 1 to 512"),
         ("sides", "left", "sides must be one of both, clip, ella"),
         ("prompt", None, "prompt must be text, got NoneType"),
+        ("prompt", "a red \ud800 cat", "prompt contains a character that is not valid text \\(position 6\\)"),
+        ("num_inference_steps", 2.5, "num_inference_steps must be a whole number from 1 to 150, got 2.5"),
+        ("num_inference_steps", 3.0, "num_inference_steps must be a whole number from 1 to 150, got 3.0"),
+        ("num_images", True, "num_images must be a whole number from 1 to 4, got True"),
+        ("height", 32.0, "height must be a whole number from 8 to 1024, got 32.0"),
+        ("guidance_scale", float("nan"), "guidance_scale must be a number from 0 to 30, got nan"),
+        ("guidance_scale", "7", "guidance_scale must be a number from 0 to 30, got '7'"),
+        ("seeding", "gpu", "seeding must be one of cpu, official, got 'gpu'"),
+        ("trace", "yes", "trace must be True or False, got 'yes'"),
     ],
 )
 def test_bad_arguments_are_rejected_before_any_model_work(tiny, argument, value, message):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PNDMScheduler, UNet2DConditionModel
 from ldm_layout import to_ldm_state_dict
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
@@ -26,6 +27,7 @@ from ella_demo.loading import (
     parse_source,
     save_ella_checkpoint,
 )
+from ella_demo.schedulers import SCHEDULERS, make_scheduler, scheduler_from_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -218,7 +220,8 @@ def test_t5_folder_without_tokenizer_uses_flan_t5_xl_tokenizer_from_the_cache(ti
     assert loaded.t5_encoder.encode("a red cat").tokens == ("▁a", "▁red", "▁cat", "</s>")
 
 
-def test_single_file_checkpoint_loads_offline_with_shipped_style_configs(tiny, tmp_path):
+def load_single_file(tiny, tmp_path):
+    """The tiny models written as one LDM-layout checkpoint and loaded back with a copy of the tiny configs."""
     checkpoint = tmp_path / "community-model.safetensors"
     safetensors.torch.save_file(to_ldm_state_dict(tiny.pipe), str(checkpoint))
     config_dir = tmp_path / "configs"
@@ -228,10 +231,64 @@ def test_single_file_checkpoint_loads_offline_with_shipped_style_configs(tiny, t
     save_ella_checkpoint(tiny.ella, ella_file)
     tiny.t5.save_pretrained(t5_folder)
     tiny.t5_tokenizer.save_pretrained(t5_folder)
-    loaded = load_models(
+    return load_models(
         "sd15", sd15=str(checkpoint), sd15_config=config_dir, ella=str(ella_file), t5=str(t5_folder), device="cpu"
     )
-    assert_same_models(loaded, tiny)
+
+
+def test_single_file_checkpoint_loads_offline_with_shipped_style_configs(tiny, tmp_path):
+    assert_same_models(load_single_file(tiny, tmp_path), tiny)
+
+
+# SD1.5's scheduler/scheduler_config.json as published on the hub (stable-diffusion-v1-5), less the version.
+PUBLISHED_SD15_SCHEDULER = {
+    "_class_name": "PNDMScheduler",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+    "clip_sample": False,
+}
+
+
+def scheduler_timesteps(base_config) -> dict[str, list[float]]:
+    """25-step timesteps of every scheduler built from a model's scheduler config."""
+    timesteps = {}
+    for name in SCHEDULERS:
+        scheduler = make_scheduler(name, base_config)
+        scheduler.set_timesteps(25)
+        timesteps[name] = scheduler.timesteps.tolist()
+    return timesteps
+
+
+@pytest.mark.parametrize("preset", ["sd15", "tiny"])
+def test_shipped_scheduler_configs_are_sd15s_file_unchanged(preset):
+    shipped = json.loads((package_config_dir(preset) / "scheduler" / "scheduler_config.json").read_text())
+    shipped.pop("_diffusers_version")
+    assert shipped == PUBLISHED_SD15_SCHEDULER
+
+
+def test_every_load_path_gives_the_official_demos_timesteps(tiny, hub_layout, tmp_path):
+    """The official demo: DPMSolverMultistepScheduler.from_config(pipe.scheduler.config) on SD1.5's folder."""
+    official = DPMSolverMultistepScheduler.from_config(
+        PNDMScheduler.from_pretrained(hub_layout["sd15"], subfolder="scheduler").config
+    )
+    official.set_timesteps(25)
+    assert official.timesteps[:3].tolist() == [999, 959, 919]
+    hub_folder = load_models(
+        "sd15", sd15=str(hub_layout["sd15"]), ella=str(hub_layout["ella_file"]), t5=str(hub_layout["t5"]), device="cpu"
+    )
+    single_file = load_single_file(tiny, tmp_path)
+    expected = scheduler_timesteps(hub_folder.pipe.scheduler.config)
+    assert expected["dpm++"] == official.timesteps.tolist()
+    assert scheduler_timesteps(single_file.pipe.scheduler.config) == expected
+    assert scheduler_timesteps(tiny.pipe.scheduler.config) == expected
+    random_sd15 = scheduler_from_config(_read_weightless_configs("random-sd15").scheduler)
+    assert scheduler_timesteps(random_sd15.config) == expected
 
 
 def test_shipped_sd15_single_file_configs_are_complete():
