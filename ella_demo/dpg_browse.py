@@ -1,15 +1,29 @@
 """Browsing a DPG-Bench results folder: which items it has, and one item's grids and answers.
 
 The folder is fixed when the app starts (`--dpg-results`); nothing here takes a path from the
-browser, and item ids are checked against the folder's own listing.
+browser, and item ids are checked against the folder's own listing. Text read from the folder's
+files (prompts, questions, answers) is escaped before it goes into Markdown (`markdown_text`).
 """
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from pathlib import Path
 
 from .dpg_generate import MODEL_NAMES, PROMPTS_FILE
+
+# Characters that mean something inside a line of (GitHub-flavoured) Markdown: emphasis, code,
+# links, strike-through, table cells, and the backslash itself. Line-start syntax (#, -, 1.) cannot
+# occur: text is put mid-line and its line breaks are flattened.
+_MARKDOWN_INLINE = re.compile(r"([\\`*_\[\]|~])")
+
+
+def markdown_text(text: object) -> str:
+    """`text` shown literally in Markdown, on one line: no HTML, no formatting, no table cell breaks."""
+    flat = " ".join(str(text).splitlines())
+    return html.escape(_MARKDOWN_INLINE.sub(r"\\\1", flat), quote=False)
 
 
 def list_items(results: Path) -> list[str]:
@@ -26,7 +40,10 @@ def _answers(results: Path, model: str, item: str) -> dict[tuple[int, int], dict
 
 
 def item_view(results: Path, item: str) -> dict:
-    """Grid paths per model, the prompt, and a Markdown table of each question's answers per tile."""
+    """Grid paths per model, the prompt (raw, and as a Markdown line), and a Markdown table of answers.
+
+    Everything in the Markdown that comes from the folder's files is escaped with `markdown_text`.
+    """
     if item not in list_items(results):
         raise ValueError(f"{item!r} is not an item of this results folder")
     prompts_file = results / PROMPTS_FILE
@@ -52,8 +69,11 @@ def item_view(results: Path, item: str) -> dict:
                 marks = []
                 for tile in range(4):
                     row = answers[model].get((proposition, tile))
-                    marks.append("–" if row is None else f"{'✓' if row['score'] else '✗'} {row['answer']}")
+                    marks.append(
+                        "–" if row is None else f"{'✓' if row['score'] else '✗'} {markdown_text(row['answer'])}"
+                    )
                 cells.append(" · ".join(marks))
-            lines.append(f"| {proposition}. {question} | " + " | ".join(cells) + " |")
+            lines.append(f"| {markdown_text(proposition)}. {markdown_text(question)} | " + " | ".join(cells) + " |")
         table = "\n".join(lines)
-    return {"prompt": prompt, "grids": grids, "table": table}
+    prompt_markdown = f"**{markdown_text(item)}**: {markdown_text(prompt)}"
+    return {"prompt": prompt, "prompt_markdown": prompt_markdown, "grids": grids, "table": table}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from ella_demo.vqa import answer_with_model, read_answers, split_grid
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).parent / "data" / "dpg"
+QUIRKS = Path(__file__).parent / "data" / "dpg_quirks"
 
 
 @pytest.fixture
@@ -72,16 +75,242 @@ def test_scoring_matches_hand_computed_values():
     assert report.categories_detailed["part"] == pytest.approx(50)
 
 
-def test_official_quirks_drop_the_first_row_and_use_the_last_tile_for_categories():
-    bench = dpg.load_bench(FIXTURE, official_quirks=True)
-    assert "dropped the first data row (item item_a)" in bench.warnings[0]
-    report = dpg.score(bench, read_answers(FIXTURE / "answers.csv"), official_quirks=True)
-    # item_a without q1: tiles 1, 1, 0, 2/3
-    assert report.per_prompt["item_a"]["score"] == pytest.approx(100 * (1 + 1 + 0 + 2 / 3) / 4)
-    # entity from tile 3 only: item_b q1 and item_c q1 both 0 there
-    assert report.categories_broad["entity"] == 0
-    default = dpg.score(dpg.load_bench(FIXTURE), read_answers(FIXTURE / "answers.csv"))
-    assert default.overall != pytest.approx(report.overall)
+def test_official_quirks_refuse_a_file_the_official_scorer_cannot_read():
+    # Every dependency in this fixture is a single number, so pandas reads the column as int64 and
+    # the official scorer's `.split(",")` fails: it produces no score at all. (The old quirks mode
+    # scored this file; it only dropped the first row and used the last tile for categories.)
+    with pytest.raises(dpg.DpgDataError, match=r"row 3: dependency is the number 1 \(pandas reads the whole column"):
+        dpg.load_bench(FIXTURE, official_quirks=True)
+
+
+# tests/data/dpg_quirks, row by row (file rows; row 1 is the header):
+#   2-4   q_drop 1 (root), 2 (<- 1), 3 (root)       row 2 is the first data row: the official scorer drops it
+#   5-6   q_split 1 (root), 2 (<- 1)                 q_split's rows are split by q_guard's...
+#   7-9   q_guard 1 (root), 2 (<- "1,9"), 3 (root)   9 does not exist
+#   10-11 q_split 3 (root), 4 (<- 3)                 ...so this block replaces questions 1 and 2
+#   12-15 q_order 3 (<- 2), 1 (root), 2 (<- 1), 4 (<- 2)   children listed before their parents
+#   16-18 q_notuple 1, 2 (<- 1, empty tuple), 3
+#   19    q_noimg 1 (no answers)                     20  q_orphan 1 (answers, but no prompt file)
+# and prompts/q_none.txt has answers but no questions.
+
+
+def quirks_report() -> dpg.Report:
+    bench = dpg.load_bench(QUIRKS, official_quirks=True)
+    return dpg.score(bench, read_answers(QUIRKS / "answers.csv"), official_quirks=True)
+
+
+def test_official_quirks_read_the_rows_like_the_official_scorer():
+    bench = dpg.load_bench(QUIRKS, official_quirks=True)
+    questions = {item: [q.proposition_id for q in qs] for item, qs in bench.questions.items()}
+    assert questions == {
+        "q_drop": [2, 3],  # its question 1 was the dropped first data row
+        "q_split": [3, 4],  # the second block replaced questions 1 and 2
+        "q_guard": [1, 2, 3],
+        "q_order": [3, 1, 2, 4],  # file order, which is the order dependencies are zeroed in
+        "q_notuple": [1, 2, 3],
+        "q_noimg": [1],
+        "q_orphan": [1],  # kept: the official scorer never reads prompt files
+    }
+    assert bench.questions["q_guard"][1].dependencies == (1, 9)
+    assert bench.questions["q_notuple"][1].tuple_text is None
+    warnings = "\n".join(bench.warnings)
+    assert "dropped the first data row (row 2: item q_drop, proposition 1)" in warnings
+    assert (
+        "rows of item q_split are not contiguous: the block starting at row 10 replaces the one starting at row 5, "
+        "whose question(s) [1, 2] are lost"
+    ) in warnings
+    assert "1 item(s) have questions but no prompt file (q_orphan)" in warnings
+    # The default mode reads all of it: every question of every item that has a prompt file.
+    default = dpg.load_bench(QUIRKS)
+    assert [q.proposition_id for q in default.questions["q_split"]] == [1, 2, 3, 4]
+    assert [q.proposition_id for q in default.questions["q_drop"]] == [1, 2, 3]
+    assert "q_orphan" not in default.questions
+
+
+def test_official_quirks_scores_match_hand_computed_values():
+    report = quirks_report()
+    assert report.official_quirks
+    # q_split, questions 3 and 4 only (4 <- 3). Tiles (answers to 3, 4): yes yes = 1; yes yes = 1;
+    # no yes -> 4 zeroed = 0; yes yes = 1  ->  (1 + 1 + 0 + 1) / 4 = 0.75
+    assert report.per_prompt["q_split"]["tiles"] == pytest.approx([100, 100, 0, 100])
+    # q_guard: question 1 is "no" on every tile, so question 2's check stops at parent 1 and never
+    # reaches the unknown 9. Tiles: 1/3, 1/3, 0, 1/3  ->  0.25
+    assert report.per_prompt["q_guard"]["tiles"] == pytest.approx([100 / 3, 100 / 3, 0, 100 / 3])
+    # q_order, one pass in file order 3, 1, 2, 4 (3 <- 2, 2 <- 1, 4 <- 2):
+    #  tile 0: 1 no, 2 yes, 3 yes, 4 yes: 3 sees parent 2 still at 1 and keeps it; 2 is zeroed by 1;
+    #          4 comes after 2 and is zeroed  ->  1/4
+    #  tile 1: all yes -> 1.  tile 2: 2 no -> 3 and 4 zeroed, 1 scores -> 1/4
+    #  tile 3: 1 "Yes" and 4 "yes " are not exactly "yes" -> 0; 3 keeps 1 (2 not zeroed yet); 2 and 4
+    #          zeroed -> 1/4.   (1/4 + 1 + 1/4 + 1/4) / 4 = 0.4375
+    assert report.per_prompt["q_order"]["tiles"] == pytest.approx([25, 100, 25, 25])
+    # q_notuple: 1, 2/3, 1/3 (2 zeroed by 1), 2/3  ->  2/3. Its missing tuple costs categories only.
+    assert report.per_prompt["q_notuple"]["score"] == pytest.approx(200 / 3)
+    # q_orphan: yes, yes, no, yes -> 0.75
+    assert report.per_prompt["q_orphan"]["score"] == pytest.approx(75)
+    # Not scored: q_drop (question 2's parent 1 was the dropped row: KeyError on tile 0), q_noimg (no
+    # answers, i.e. no image), q_none (answers but no questions).
+    assert sorted(report.per_prompt) == ["q_guard", "q_notuple", "q_order", "q_orphan", "q_split"]
+    # overall = (0.75 + 0.25 + 0.4375 + 2/3 + 0.75) / 5 x 100 = (137/48) / 5 x 100 = 57.083...
+    assert report.overall == pytest.approx(137 / 240 * 100)
+    warnings = "\n".join(report.warnings)
+    assert (
+        "item q_drop not scored (absent from the overall and the categories): on tile 0, question 2 depends "
+        "on proposition 1, which is not among the item's questions (it was the CSV's first data row"
+    ) in warnings
+    assert "answers for item q_none skipped: it has no questions" in warnings
+    assert (
+        "1 item(s) have no answers at all and are not scored (the official scorer scores only the images it "
+        "finds): q_noimg"
+    ) in warnings
+    assert "item q_notuple question 2 has no tuple" in warnings
+
+
+def test_official_quirks_categories_come_from_the_tuple_and_the_last_tile_before_zeroing():
+    report = quirks_report()
+    # Last tile (3), answers BEFORE dependency zeroing, scored prompts only, one value per question:
+    #   entity - whole:     q_split 3 yes=1, q_guard 1 no=0, q_order 1 "Yes"=0, q_order 2 yes=1 (zeroed
+    #                       in the tile score, counted 1 here), q_notuple 1 yes=1, q_orphan 1 yes=1 -> 4/6
+    #   relation - spatial: q_split 4 yes=1, q_order 3 yes=1 -> 2/2
+    #   attribute - color:  q_guard 2 yes=1 (zeroed in the tile score), q_order 4 "yes "=0 -> 1/2
+    #   global -:           q_guard 3 yes=1 -> 1/1   (q_notuple's 3 is after its missing tuple: lost)
+    assert report.categories_detailed == pytest.approx(
+        {"entity - whole": 400 / 6, "relation - spatial": 100, "attribute - color": 50, "global -": 100}
+    )
+    # L1 = the L2 name up to its first "-"
+    assert report.categories_broad == pytest.approx(
+        {"entity": 400 / 6, "relation": 100, "attribute": 50, "global": 100}
+    )
+
+
+def test_default_mode_differs_from_quirks_on_the_same_files():
+    report = dpg.score(dpg.load_bench(QUIRKS), read_answers(QUIRKS / "answers.csv"))
+    # q_drop keeps question 1: 1, 1/3 (2 zeroed), 1/3, 2/3  ->  7/12
+    assert report.per_prompt["q_drop"]["score"] == pytest.approx(700 / 12)
+    # q_split with all 4 questions (2 <- 1, 4 <- 3): 2/4, 3/4, 2/4, 1  ->  0.6875
+    assert report.per_prompt["q_split"]["tiles"] == pytest.approx([50, 75, 50, 100])
+    # q_order to a fixed point, answers trimmed and lower-cased: 0, 1, 1/4, 1  ->  0.5625
+    assert report.per_prompt["q_order"]["tiles"] == pytest.approx([0, 100, 25, 100])
+    # q_noimg has no answers: scored 0. q_orphan has no prompt file: not scored.
+    assert report.per_prompt["q_noimg"]["score"] == 0 and "q_orphan" not in report.per_prompt
+    # (7/12 + 0.6875 + 0.25 + 0.5625 + 2/3 + 0) / 6 = (132/48) / 6
+    assert report.overall == pytest.approx(132 / 48 / 6 * 100)
+
+
+def test_official_quirks_missing_parent_fails_only_when_the_check_reaches_it(tmp_path):
+    answers = read_answers(QUIRKS / "answers.csv")
+    answers[("q_guard", 2, 1)] = "yes"  # now question 2's check passes parent 1 and reaches 9
+    bench = dpg.load_bench(QUIRKS, official_quirks=True)
+    report = dpg.score(bench, answers, official_quirks=True)
+    assert "q_guard" not in report.per_prompt
+    assert (
+        "item q_guard not scored (absent from the overall and the categories): on tile 2, question 2 depends "
+        "on proposition 9, which is not among the item's questions (the CSV has no such proposition"
+    ) in "\n".join(report.warnings)
+    # (0.75 + 0.4375 + 2/3 + 0.75) / 4; and q_guard's questions left the categories: global has none
+    assert report.overall == pytest.approx((0.75 + 0.4375 + 2 / 3 + 0.75) / 4 * 100)
+    assert "global" not in report.categories_broad
+    # The default mode ignores the unknown parent whatever the answers: tile 2 is 1 yes, 2 yes, 3 no = 2/3
+    default = dpg.score(dpg.load_bench(QUIRKS), answers)
+    assert default.per_prompt["q_guard"]["tiles"][2] == pytest.approx(200 / 3)
+
+
+HEADER = (
+    "item_id,text,keywords,proposition_id,dependency,category_broad,category_detailed,tuple,question_natural_language"
+)
+
+
+def write_bench(folder: Path, rows: list[str], prompts: tuple[str, ...] = ("a",)) -> Path:
+    """A bench folder: prompts/<id>.txt for each of `prompts` and dpg_bench.csv of HEADER + `rows`."""
+    (folder / "prompts").mkdir(parents=True, exist_ok=True)
+    for item in prompts:
+        (folder / "prompts" / f"{item}.txt").write_text(f"prompt {item}")
+    (folder / "dpg_bench.csv").write_text("\n".join([HEADER, *rows]) + "\n")
+    return folder
+
+
+def row(item: str, proposition: str, dependency: str, tuple_text: str = "entity - whole (x)", question: str = "Q?"):
+    return f"{item},t,k,{proposition},{dependency},entity,whole,{tuple_text},{question}"
+
+
+def test_official_quirks_repeated_ids_replace_in_place_and_int_truncates(tmp_path):
+    folder = write_bench(tmp_path, [
+        row("z", "1", "0"),  # dropped first row
+        row("a", "1", "0", question="first?"), row("a", "2", '"1,0"'), row("a", "1", "2", question="again?"),
+        row("a", "3.7", "0"),  # the column holds a decimal: pandas reads floats, int() truncates 3.7 to 3
+    ])  # fmt: skip
+    bench = dpg.load_bench(folder, official_quirks=True)
+    (first, second, third) = bench.questions["a"]
+    # The later row 1 replaced the earlier one (text and dependency) but kept its place, first
+    assert (first.proposition_id, first.text, first.dependencies) == (1, "again?", (2,))
+    assert (second.proposition_id, second.dependencies) == (2, (1,))
+    assert third.proposition_id == 3
+    warnings = "\n".join(bench.warnings)
+    assert "item a repeats proposition 1 (row 5): the later row replaces the earlier one" in warnings
+    assert "row 6: proposition_id 3.7 is truncated to 3 by int()" in warnings
+    # One pass in order: 1 (<- 2) sees 2 still at 1; then 2 (<- 1) sees 1 answered "no"
+    answers = {("a", tile, pid): answer for tile in range(4) for pid, answer in ((1, "no"), (2, "yes"), (3, "yes"))}
+    report = dpg.score(bench, answers, official_quirks=True)
+    assert report.per_prompt["a"]["tiles"] == pytest.approx([100 / 3] * 4)
+    # The default mode refuses both the decimal id and, without it, the repeated id
+    with pytest.raises(dpg.DpgDataError, match=r"proposition_id '3\.7' is not a comma-separated list of integers"):
+        dpg.load_bench(folder)
+    (folder / "dpg_bench.csv").write_text("\n".join((folder / "dpg_bench.csv").read_text().splitlines()[:-1]))
+    with pytest.raises(dpg.DpgDataError, match=r"item a repeats proposition ids: \[1, 1, 2\]"):
+        dpg.load_bench(folder)
+
+
+@pytest.mark.parametrize(
+    ("rows", "message", "default_error"),
+    [
+        # an empty dependency: the default mode reads it as "none"
+        ([row("a", "1", "0"), row("a", "2", "")], r"row 3: dependency is an empty cell, which cannot be split", None),
+        # an empty part: the default mode skips it
+        ([row("a", "1", "0"), row("a", "2", '"1,,0"')], r"row 3: dependency '1,,0' has a part that is not an", None),
+        ([row("a", "1", "0"), row("a", "", '"1,0"')], r"row 3: proposition_id is an empty cell, which int\(\) refuses",
+         "row 3: empty proposition_id"),
+        # the (dropped) first row makes pandas read the column as text, and int("2.0") fails
+        ([row("a", "x", "0"), row("a", "2.0", '"1,0"')], r"row 3: proposition_id is '2\.0', which int\(\) refuses",
+         "row 2: proposition_id 'x' is not"),
+        ([row("a", "1", "0"), row("a", "2", '"1,0"', question="")], r"row 3: question_natural_language is an empty",
+         None),
+        # pandas reads "NA" (and "None", "null", ...) as a missing value
+        ([row("a", "1", "0"), row("a", "2", '"1,0"', question="NA")], r"row 3: question_natural_language is an empty",
+         None),
+    ],
+)  # fmt: skip
+def test_official_quirks_stop_where_the_official_scorer_stops(tmp_path, rows, message, default_error):
+    folder = write_bench(tmp_path, rows)
+    with pytest.raises(dpg.DpgDataError, match=message) as raised:
+        dpg.load_bench(folder, official_quirks=True)
+    assert "The official scorer stops with an error on this file" in str(raised.value)
+    if default_error is None:
+        dpg.load_bench(folder)
+    else:
+        with pytest.raises(dpg.DpgDataError, match=default_error):
+            dpg.load_bench(folder)
+
+
+def test_official_quirks_numeric_item_ids_and_dotted_ids_match_no_image(tmp_path):
+    numeric = write_bench(tmp_path / "numeric", [row("7", "1", "0"), row("7", "1", '"0"'), row("8", "1", '"1,0"')],
+                          prompts=("7", "8"))  # fmt: skip
+    bench = dpg.load_bench(numeric, official_quirks=True)
+    assert bench.questions == {} and "pandas reads item_id as numbers" in "\n".join(bench.warnings)
+    answers = {("8", tile, 1): "yes" for tile in range(4)}
+    report = dpg.score(bench, answers, official_quirks=True)
+    assert math.isnan(report.overall) and report.per_prompt == {}
+    assert "no prompt could be scored; the official scorer reports nan" in "\n".join(report.warnings)
+    dotted = write_bench(tmp_path / "dotted", [row("z", "1", "0"), row("v1.5", "1", '"0,0"')], prompts=("v1.5",))
+    bench = dpg.load_bench(dotted, official_quirks=True)
+    report = dpg.score(bench, {("v1.5", tile, 1): "yes" for tile in range(4)}, official_quirks=True)
+    assert report.per_prompt == {} and "file name up to the first '.' (v1)" in "\n".join(report.warnings)
+
+
+def test_bench_and_scoring_modes_must_match_and_errors_are_user_errors():
+    from ella_demo.errors import ExplorerError
+
+    assert issubclass(dpg.DpgDataError, ExplorerError) and issubclass(dpg.DpgDataError, ValueError)
+    with pytest.raises(ValueError, match="same official_quirks setting"):
+        dpg.score(dpg.load_bench(QUIRKS), {}, official_quirks=True)
 
 
 def test_dependency_chains_zero_in_any_order():
@@ -173,8 +402,9 @@ def test_cli_round_trip_with_an_answers_file_and_a_chart(tmp_path):
     scored = cli("score", "--dpg-dir", str(FIXTURE), "--vqa", f"answers:{FIXTURE / 'answers.csv'}",
                  "--out", str(tmp_path / "ella" / "report.json"))  # fmt: skip
     assert "overall 52.08" in scored.stdout
-    cli("score", "--dpg-dir", str(FIXTURE), "--vqa", f"answers:{FIXTURE / 'answers.csv'}", "--official-quirks",
-        "--out", str(tmp_path / "clip" / "report.json"))  # fmt: skip
+    quirks = cli("score", "--dpg-dir", str(QUIRKS), "--vqa", f"answers:{QUIRKS / 'answers.csv'}",
+                 "--official-quirks", "--out", str(tmp_path / "clip" / "report.json"))  # fmt: skip
+    assert "overall 57.08" in quirks.stdout
     cli("chart", f"CLIP={tmp_path / 'clip' / 'report.json'}", f"ELLA={tmp_path / 'ella' / 'report.json'}",
         "--out", str(tmp_path / "chart.png"))  # fmt: skip
     assert Image.open(tmp_path / "chart.png").width <= 1280
@@ -275,6 +505,95 @@ def test_app_tab_browses_grids_and_answers(tiny, tmp_path):
     assert "Is the kite red?" in table
     # ELLA's answers to question 2 over tiles 1-4: tile 2's "yes" scores 0 because its parent failed
     assert "| 2. Is the kite red? | – · – · – · – | ✓ yes · ✗ yes · ✗ Yes. · ✓ yes |" in table
+
+
+HOSTILE = "<img src=x onerror=alert(1)> | *x*"
+
+
+def results_folder(folder: Path, prompt: str = "A kite.", question: str = "Is there a kite?") -> Path:
+    """A results folder as `dpg generate` + `dpg score` leave it, for one item, written directly."""
+    tiles = [Image.new("RGB", (8, 8), color) for color in ("red", "green", "blue", "white")]
+    for model in ("clip", "ella"):
+        (folder / model).mkdir(parents=True, exist_ok=True)
+        make_grid(tiles).save(folder / model / "item_a.png")
+    (folder / "prompts.json").write_text(json.dumps({"item_a": prompt}))
+    rows = [{"item_id": "item_a", "tile": tile, "proposition_id": 1, "question": question,
+             "answer": "yes | <b>no</b>", "score": 1.0} for tile in range(4)]  # fmt: skip
+    (folder / "ella" / "report.json").write_text(json.dumps({"per_question": rows}))
+    return folder
+
+
+def test_browse_escapes_text_read_from_the_data_files(tmp_path):
+    from ella_demo.dpg_browse import item_view
+
+    view = item_view(results_folder(tmp_path, prompt=HOSTILE, question=HOSTILE), "item_a")
+    for key in ("table", "prompt_markdown"):
+        markdown = view[key]
+        assert "<img" not in markdown and "<b>" not in markdown and "&lt;img src=x onerror=alert(1)&gt;" in markdown
+    row = view["table"].splitlines()[2]
+    # 3 cells (question, CLIP, ELLA): only the table's own pipes are unescaped
+    assert len(re.split(r"(?<!\\)\|", row)) == 3 + 2, row
+    assert r"\| \*x\*" in row and r"yes \| &lt;b&gt;no&lt;/b&gt;" in row
+    markdown_it = pytest.importorskip("markdown_it")
+    html = markdown_it.MarkdownIt("commonmark").enable("table").render(view["table"])
+    assert "<img" not in html and html.count("<td>") == 3 and "<em>" not in html
+
+
+def launch_like_app_py(tiny, folder: Path, monkeypatch) -> tuple[str, object]:
+    """Run app.py's main with --dpg-results, on the tiny models, on a free port; (root URL, app)."""
+    from ella_demo import ui
+
+    sys.path.insert(0, str(REPO_ROOT))
+    import app as app_py
+
+    launched = {}
+    real_launch = ui.launch_app
+
+    def launch(app, **options):
+        launched["app"], launched["port"] = app, free_port()
+        options.update(port=launched["port"], prevent_thread_lock=True, quiet=True)
+        return real_launch(app, **options)
+
+    monkeypatch.setattr(app_py, "load_from_args", lambda args: tiny)
+    monkeypatch.setattr(ui, "launch_app", launch)
+    monkeypatch.setattr(app_py, "launch_app", launch, raising=False)  # app.py may import it at module level
+    assert app_py.main(["--preset", "tiny", "--dpg-results", str(folder)]) == 0
+    return f"http://127.0.0.1:{launched['port']}/", launched["app"]
+
+
+def test_app_serves_the_grids_it_shows_and_no_other_file_of_the_results_folder(tiny, tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    from gradio_client import Client
+
+    folder = results_folder(tmp_path / "results")
+    (folder / "secret.txt").write_text("not for visitors")
+    (folder / "ella" / "secret.txt").write_text("not for visitors")
+    root, app = launch_like_app_py(tiny, folder, monkeypatch)
+    try:
+        _, clip_grid, ella_grid, _ = Client(root, verbose=False).predict("item_a", api_name="/dpg_item")
+        assert Image.open(clip_grid).size == Image.open(ella_grid).size == (16, 16)
+        for path in (folder / "secret.txt", folder / "ella" / "secret.txt", folder / "ella" / "item_a.png"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(f"{root}gradio_api/file={path.resolve()}", timeout=30)
+            assert refused.value.code in (403, 404), path
+    finally:
+        app.close()
+
+
+def test_app_tab_shows_the_first_item_on_load(tiny, tmp_path):
+    from ella_demo import ui
+
+    app = ui.build_app(tiny, dpg_results=results_folder(tmp_path))
+    (dependency,) = [entry for entry in app.config["dependencies"] if entry["api_name"] == "dpg_item"]
+    assert "load" in [event for _, event in dependency["targets"]]  # the page's load event
+    dropdown = next(block for block in app.blocks.values() if getattr(block, "elem_id", None) == "dpg-item")
+    assert dropdown.value == "item_a" and dependency["inputs"] == [dropdown._id]
+    # what the load event shows: the first item's prompt, both grids (images, not paths) and its answers
+    prompt, clip_grid, ella_grid, table = app.fns[dependency["id"]].fn(dropdown.value)
+    assert "A kite" in prompt and "Is there a kite?" in table
+    assert isinstance(clip_grid, Image.Image) and isinstance(ella_grid, Image.Image)
 
 
 def test_two_processes_share_the_prompts_without_duplicates_or_gaps(tmp_path):
