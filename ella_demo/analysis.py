@@ -10,13 +10,14 @@ privileged before looking. One block, one head, or one head of one block can be 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch.nn import functional
 
-from .text_encoders import Word
+if TYPE_CHECKING:
+    from .text_encoders import Word
 
 NORMALISATIONS = {
     "paper": "each word divided by its own maximum over time (the paper's Fig. 8)",
@@ -275,6 +276,25 @@ def window_steps(num_steps: int, window: str | int) -> np.ndarray:
     return thirds[WINDOWS.index(window) - 1] if num_steps >= 3 else np.arange(num_steps)
 
 
+def resize_bilinear(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(S, h, w, K) -> (S, *size, K) float32, bilinear like torch's interpolate(align_corners=False).
+
+    Output cell i reads the input at (i + 0.5) * in / out - 0.5, clamped at 0 (half-pixel centres),
+    and interpolates between the two nearest input cells, the last one repeated at the edge.
+    """
+    resized = maps.astype(np.float32)
+    for axis, target in ((1, size[0]), (2, size[1])):
+        length = resized.shape[axis]
+        if length == target:
+            continue
+        source = np.maximum((np.arange(target, dtype=np.float32) + 0.5) * np.float32(length / target) - 0.5, 0)
+        low = np.minimum(source.astype(np.int64), length - 1)
+        high = np.minimum(low + 1, length - 1)
+        weight = (source - low).astype(np.float32).reshape([-1 if index == axis else 1 for index in range(4)])
+        resized = np.take(resized, low, axis=axis) * (1 - weight) + np.take(resized, high, axis=axis) * weight
+    return resized
+
+
 def combine_resolutions(maps: dict[str, np.ndarray], names: list[str] | None = None) -> np.ndarray:
     """Average chosen resolutions' maps (S, h_i, w_i, K) after bilinear upsampling to the largest: (S, h, w, K)."""
     chosen = names or list(maps)
@@ -282,13 +302,7 @@ def combine_resolutions(maps: dict[str, np.ndarray], names: list[str] | None = N
     if unknown:
         raise ValueError(f"unknown resolutions {unknown}; available: {', '.join(maps)}")
     target = max((maps[name].shape[1:3] for name in chosen), key=lambda size: size[0] * size[1])
-    total = None
-    for name in chosen:
-        tensor = torch.from_numpy(maps[name].astype(np.float32)).permute(0, 3, 1, 2)
-        if tuple(tensor.shape[-2:]) != tuple(target):
-            tensor = functional.interpolate(tensor, size=target, mode="bilinear", align_corners=False)
-        total = tensor if total is None else total + tensor
-    return (total / len(chosen)).permute(0, 2, 3, 1).numpy()
+    return sum(resize_bilinear(maps[name], target) for name in chosen) / np.float32(len(chosen))
 
 
 def clip_word_maps(maps: np.ndarray, columns: Columns, steps: np.ndarray) -> np.ndarray:
@@ -340,10 +354,17 @@ def map_position(x: float, y: float, image_size: tuple[int, int], map_size: tupl
     return min(int(y * rows / height), rows - 1), min(int(x * cols / width), cols - 1)
 
 
-def rank_at(word_maps: np.ndarray, labels: tuple[str, ...], row: int, col: int) -> list[tuple[str, float]]:
-    """Words ranked by their map value at one cell: [(word, value)], largest first. word_maps (W, h, w)."""
+def rank_at(word_maps: np.ndarray, labels: tuple[str, ...], row: int, col: int,
+            present: np.ndarray | None = None) -> list[tuple[str, float]]:  # fmt: skip
+    """Words ranked by their map value at one cell: [(word, value)], largest first. word_maps (W, h, w).
+
+    present: (W,) bool, the words to rank (the others are left out); None ranks them all.
+    """
     values = word_maps[:, row, col]
-    return [(labels[index], float(values[index])) for index in np.argsort(-values, kind="stable")]
+    order = np.argsort(-values, kind="stable")
+    if present is not None:
+        order = order[np.asarray(present, dtype=bool)[order]]
+    return [(labels[index], float(values[index])) for index in order]
 
 
 def top_queries_at(query_maps: np.ndarray, row: int, col: int, count: int = 5) -> list[tuple[int, float]]:
@@ -353,60 +374,210 @@ def top_queries_at(query_maps: np.ndarray, row: int, col: int, count: int = 5) -
 
 
 # ---------------------------------------------------------------------------------------------
+# The prompt's words, matched to both encoders' tokens
+
+# A word: letters and digits, keeping hyphens and apostrophes inside it ("well-lit", "don't") and
+# the point or comma inside a number ("12.5", "1,000"). Anything else (punctuation, symbols,
+# underscores, spaces) separates words and is no word itself.
+_PART = r"[^\W_]+"  # letters and digits
+WORD_PATTERN = re.compile(rf"(?:\d+(?:[.,]\d+)+|{_PART})(?:['’-]{_PART})*")
+
+
+@dataclass(frozen=True)
+class PromptWord:
+    """One word of the prompt as typed: prompt[start:end] == text."""
+
+    text: str
+    start: int
+    end: int
+
+
+def prompt_words(prompt: str) -> tuple[PromptWord, ...]:
+    """The prompt's words, in order, found in the text itself (so both encoders get the same words)."""
+    return tuple(PromptWord(match.group(), match.start(), match.end()) for match in WORD_PATTERN.finditer(prompt))
+
+
+def tokens_of_words(words: tuple[PromptWord, ...], offsets) -> tuple[tuple[int, ...], ...]:
+    """For each word, the indices of the tokens read from its characters.
+
+    offsets: the (start, end) character span of each token (TextEncoding.offsets). A token belongs
+    to a word when their spans overlap, so "cat," gives "cat" its token and not the comma's, and a
+    word split into pieces ("well-lit": well, -, lit) gets all of them. Zero-width spans (start,
+    end and padding tokens) belong to no word; a word whose tokens were truncated away gets ().
+    """
+    spans = [(index, int(start), int(end)) for index, (start, end) in enumerate(offsets) if end > start]
+    return tuple(tuple(index for index, start, end in spans if start < word.end and end > word.start) for word in words)
+
+
+@dataclass(frozen=True)
+class MatchedWords:
+    """The prompt's words with each encoder's tokens for them.
+
+    labels: the words in prompt order; a word that occurs more than once (ignoring case) carries
+    its position among the prompt's words: "a (1)", "a (4)".
+    t5 / clip: per word, its token indices on that encoder's token axis; () where the encoder lost
+    the word (CLIP keeps 77 tokens, T5 at a fixed length keeps that many). Words that neither
+    encoder kept are left out.
+    """
+
+    labels: tuple[str, ...]
+    t5: tuple[tuple[int, ...], ...]
+    clip: tuple[tuple[int, ...], ...]
+
+    def presence(self, index: int) -> str:
+        """Where the word was kept: "both", "T5 only" or "CLIP only"."""
+        if self.t5[index] and self.clip[index]:
+            return "both"
+        return "T5 only" if self.t5[index] else "CLIP only"
+
+    @property
+    def t5_only(self) -> tuple[str, ...]:
+        return tuple(label for index, label in enumerate(self.labels) if self.presence(index) == "T5 only")
+
+    @property
+    def clip_only(self) -> tuple[str, ...]:
+        return tuple(label for index, label in enumerate(self.labels) if self.presence(index) == "CLIP only")
+
+    def choices(self) -> tuple[str, ...]:
+        """The labels as a word list shows them: "lamp (T5 only)" for a word one encoder lost."""
+        return tuple(
+            label if self.presence(index) == "both" else f"{label} ({self.presence(index)})"
+            for index, label in enumerate(self.labels)
+        )
+
+    def find(self, word: str) -> int | None:
+        """The index of a word given by its choice or its label, else None."""
+        for names in (self.choices(), self.labels):
+            if word in names:
+                return names.index(word)
+        return None
+
+    def columns(self, side: str, offset: int = 0) -> tuple[list[int], Columns]:
+        """The words `side` ("t5" or "clip") has, and their columns over its token axis from `offset`."""
+        groups = self.t5 if side == "t5" else self.clip
+        kept = [index for index, tokens in enumerate(groups) if tokens]
+        columns = Columns(
+            tuple(self.labels[index] for index in kept),
+            tuple(tuple(token + offset for token in groups[index]) for index in kept),
+            ("word",) * len(kept),
+        )
+        return kept, columns
+
+
+def match_words(prompt: str, t5_offsets, clip_offsets) -> MatchedWords:
+    """Match the prompt's words to both encoders' tokens through the tokens' character spans."""
+    words = prompt_words(prompt)
+    t5, clip = tokens_of_words(words, t5_offsets), tokens_of_words(words, clip_offsets)
+    kept = [index for index in range(len(words)) if t5[index] or clip[index]]
+    counts: dict[str, int] = {}
+    for word in words:
+        counts[word.text.casefold()] = counts.get(word.text.casefold(), 0) + 1
+    labels = tuple(
+        f"{words[index].text} ({index + 1})" if counts[words[index].text.casefold()] > 1 else words[index].text
+        for index in kept
+    )
+    return MatchedWords(labels, tuple(t5[index] for index in kept), tuple(clip[index] for index in kept))
+
+
+def words_by_attention(attention: np.ndarray, words: MatchedWords) -> list[int]:
+    """Word indices by the share of the connector's text attention they get over the run, largest first.
+
+    attention: (T, B, H, Q, Q + L). Words T5 lost come last, in prompt order.
+    """
+    kept, columns = words.columns("t5", offset=attention.shape[-2])
+    grouped = columns.reduce(received_attention(attention), "sum")
+    shares = grouped / np.maximum(grouped.sum(axis=1, keepdims=True), 1e-12)
+    ranked = [kept[index] for index in top_words(shares, len(kept))]
+    return ranked + [index for index in range(len(words.labels)) if index not in ranked]
+
+
+# ---------------------------------------------------------------------------------------------
 # Both sides of a traced run at once
 
 
 @dataclass(frozen=True)
 class SpatialWordMaps:
-    """Word maps of both sides over one step window, on the same words.
+    """Word maps of both sides over one step window, on the prompt's words.
 
-    labels: the T5 words that CLIP's prompt also has (matched case-insensitively), in prompt
-    order, repeats told apart by position ("a (1)", "a (5)").
-    clip / ella: (W, h, w) maps for those words.
+    words: the prompt's words and each encoder's tokens for them; `labels` are their names.
+    clip / ella: (W, h, w) maps of those words; all zero on a side whose encoder lost the word
+        (see `presence`: a word cut off by CLIP's 77 tokens is "T5 only").
     ella_queries: (h, w, Q) the ELLA side's UNet attention to the connector queries (pixel probe).
     """
 
-    labels: tuple[str, ...]
+    words: MatchedWords
     clip: np.ndarray
     ella: np.ndarray
     ella_queries: np.ndarray
     window: str
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.words.labels
+
+    @property
+    def t5_only(self) -> tuple[str, ...]:
+        return self.words.t5_only
+
+    @property
+    def clip_only(self) -> tuple[str, ...]:
+        return self.words.clip_only
+
+    def presence(self, index: int) -> str:
+        return self.words.presence(index)
+
+    def choices(self) -> tuple[str, ...]:
+        return self.words.choices()
+
+    def find(self, word: str) -> int | None:
+        return self.words.find(word)
+
+
+def _window_label(window: str | int) -> str:
+    if window == "all":
+        return "all steps"
+    return f"step {window}" if isinstance(window, int | np.integer) else f"{window} steps"
 
 
 def spatial_word_maps(trace, window: str | int = "all", resolutions: list[str] | None = None) -> SpatialWordMaps:
     """CLIP word maps and ELLA attention-flow maps of a traced two-sided run, same words, same window."""
     if not {"clip", "ella"} <= set(trace.sides) or trace.tsc_attention is None:
         raise ValueError("word maps need a traced run of both sides (sides='both', trace=True)")
+    if prompt_words(trace.prompt) and not (trace.t5_offsets and trace.clip_offsets):
+        raise ValueError("this trace has no token offsets to match words with; trace the run again")
     steps = window_steps(len(trace.timesteps), window)
-    clip_columns = text_columns(trace.clip_words, 0)
-    t5_columns = text_columns(trace.t5_words, 0)
-    clip_index = {label.lower(): index for index, label in enumerate(clip_columns.labels)}
-    shared = [index for index, label in enumerate(t5_columns.labels) if label.lower() in clip_index]
-    clip_maps = clip_word_maps(
-        combine_resolutions(trace.sides["clip"].cross_attention, resolutions), clip_columns, steps
-    )
+    words = match_words(trace.prompt, trace.t5_offsets, trace.clip_offsets)
+    clip_unet = combine_resolutions(trace.sides["clip"].cross_attention, resolutions)
     ella_unet = combine_resolutions(trace.sides["ella"].cross_attention, resolutions)
     clip_keys = len(trace.clip_tokens) if trace.mode == "ella+clip" else 0
-    ella_maps = ella_word_maps(ella_unet, trace.tsc_attention, t5_columns, steps, clip_keys)
-    distinct = t5_columns.distinct_labels()
-    labels = tuple(distinct[index] for index in shared)
-    window_label = (
-        "all steps" if window == "all" else (f"step {window}" if isinstance(window, int) else f"{window} steps")
-    )
+    shape = (len(words.labels), *clip_unet.shape[1:3])
+    clip_maps, ella_maps = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    kept, columns = words.columns("clip")
+    if kept:
+        clip_maps[kept] = clip_word_maps(clip_unet, columns, steps)
+    kept, columns = words.columns("t5")
+    if kept:
+        ella_maps[kept] = ella_word_maps(ella_unet, trace.tsc_attention, columns, steps, clip_keys)
     return SpatialWordMaps(
-        labels=labels,
-        clip=clip_maps[[clip_index[t5_columns.labels[index].lower()] for index in shared]],
-        ella=ella_maps[shared],
+        words=words,
+        clip=clip_maps,
+        ella=ella_maps,
         ella_queries=ella_unet[steps].mean(axis=0)[..., clip_keys:],
-        window=window_label,
+        window=_window_label(window),
     )
 
 
 def pixel_probe(maps: SpatialWordMaps, x: float, y: float, image_size: tuple[int, int], count: int = 5) -> dict:
-    """At image pixel (x, y): words ranked for each side, and ELLA's most-attended queries."""
+    """At image pixel (x, y): words ranked for each side, and ELLA's most-attended queries.
+
+    Each side ranks the words its encoder kept, named as in `maps.choices()` ("lamp (T5 only)").
+    """
     row, col = map_position(x, y, image_size, maps.clip.shape[1:])
+    choices = maps.choices()
+    in_clip = np.array([bool(tokens) for tokens in maps.words.clip], dtype=bool)
+    in_t5 = np.array([bool(tokens) for tokens in maps.words.t5], dtype=bool)
     return {
-        "clip": rank_at(maps.clip, maps.labels, row, col)[:count],
-        "ella": rank_at(maps.ella, maps.labels, row, col)[:count],
+        "clip": rank_at(maps.clip, choices, row, col, in_clip)[:count],
+        "ella": rank_at(maps.ella, choices, row, col, in_t5)[:count],
         "ella_queries": top_queries_at(maps.ella_queries, row, col, count),
     }

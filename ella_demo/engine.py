@@ -453,4 +453,7 @@ def _assemble_trace(
         mode=settings.mode,
         settings=settings.to_dict(),
         timings=timings,
+        prompt=settings.prompt,
+        t5_offsets=prompts.t5_cond.offsets if prompts.t5_cond else (),
+        clip_offsets=prompts.clip_cond.offsets if prompts.clip_cond else (),
     )

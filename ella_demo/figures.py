@@ -3,6 +3,8 @@
 Every function takes arrays and small dataclasses from analysis.py and returns a
 `matplotlib.figure.Figure` drawn on its own Agg canvas; `to_png` / `to_image` turn it into bytes
 or a PIL image. Sizes stay within a 1280-pixel-wide browser column at the default 100 dpi.
+Prompt text reaches titles, tick labels and legends; `to_png` draws every text as typed, so no
+prompt ("$5", "$x$", a backslash) is ever read as mathtext.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 from PIL import Image
 
 from .analysis import Columns, TimeMap
@@ -50,7 +53,20 @@ def wrap(text: str, figure: Figure, font_pt: float = 10.0) -> str:
     return "\n".join(textwrap.fill(line, columns) for line in text.split("\n"))
 
 
+def plain_text(figure: Figure) -> Figure:
+    """Turn mathtext off for every text of the figure: "$...$" in a prompt is drawn as typed.
+
+    Covers titles, axis and tick labels, legends and annotations that exist now; ticks matplotlib
+    adds while drawing carry only its own number labels.
+    """
+    for text in figure.findobj(Text):
+        text.set_parse_math(False)
+    return figure
+
+
 def to_png(figure: Figure) -> bytes:
+    """Render the figure as PNG bytes; all rendering goes through here, texts drawn as typed."""
+    plain_text(figure)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI)
     return buffer.getvalue()
@@ -189,30 +205,61 @@ def _overlay(axes, image: np.ndarray, word_map: np.ndarray, vmin: float, vmax: f
     return drawn
 
 
-def word_maps_figure(clip_image: np.ndarray, ella_image: np.ndarray, clip_map: np.ndarray, ella_map: np.ndarray,
-                     word: str, window_label: str, shared_scale: bool = True) -> Figure:  # fmt: skip
-    """CLIP's cross-attention map, ELLA's attention flow map, and their difference, for one word."""
+def _missing(axes, image: np.ndarray, title: str, note: str) -> None:
+    axes.imshow(image)
+    axes.text(0.5, 0.5, note, transform=axes.transAxes, ha="center", va="center", fontsize=9, wrap=True,
+              bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none"})  # fmt: skip
+    axes.set_title(title, fontsize=9)
+    axes.set_axis_off()
+
+
+def word_maps_figure(
+    clip_image: np.ndarray,
+    ella_image: np.ndarray,
+    clip_map: np.ndarray | None,
+    ella_map: np.ndarray | None,
+    word: str,
+    window_label: str,
+    shared_scale: bool = True,
+) -> Figure:
+    """CLIP's cross-attention map, ELLA's attention flow map, and their difference, for one word.
+
+    A map is None when that side's encoder lost the word (CLIP keeps 77 tokens): its panel shows
+    the image with a note, and there is no difference panel to draw.
+    """
     from .analysis import difference_map
 
     figure = new_figure(12.0, 4.3)
     left, middle, right = figure.subplots(1, 3)
-    top = max(float(clip_map.max()), float(ella_map.max())) if shared_scale else None
-    clip_drawn = _overlay(left, clip_image, clip_map, 0.0, top or float(clip_map.max()), OVERLAY_CMAP,
-                          f'CLIP: cross-attention to "{word}"')  # fmt: skip
-    ella_drawn = _overlay(middle, ella_image, ella_map, 0.0, top or float(ella_map.max()), OVERLAY_CMAP,
-                          f'ELLA: attention flow to "{word}"\n(pixel -> query -> token)')  # fmt: skip
-    difference = difference_map(ella_map, clip_map)
-    limit = float(np.abs(difference).max()) or 1.0
-    drawn = right.imshow(difference, cmap=DIVERGING_CMAP, vmin=-limit, vmax=limit)
-    right.set_title("ELLA minus CLIP (each map scaled to sum 1)", fontsize=9)
-    right.set_axis_off()
-    scale = "shared colour scale" if shared_scale else "each map on its own scale"
-    if shared_scale:
-        figure.colorbar(ella_drawn, ax=[left, middle], label="attention weight", shrink=0.8)
+    present = [item for item in (clip_map, ella_map) if item is not None]
+    top = max(float(item.max()) for item in present) if shared_scale and present else None
+    clip_title = f'CLIP: cross-attention to "{word}"'
+    ella_title = f'ELLA: attention flow to "{word}"\n(pixel -> query -> token)'
+    drawn = {}
+    for axes, image, word_map, title, encoder in ((left, clip_image, clip_map, clip_title, "CLIP"),
+                                                  (middle, ella_image, ella_map, ella_title, "T5")):  # fmt: skip
+        if word_map is None:
+            _missing(axes, image, title, f"not among {encoder}'s tokens\n(cut off by its length limit)")
+        else:
+            vmax = top if top is not None else float(word_map.max())
+            drawn[encoder] = (axes, _overlay(axes, image, word_map, 0.0, vmax, OVERLAY_CMAP, title))
+    if clip_map is not None and ella_map is not None:
+        difference = difference_map(ella_map, clip_map)
+        limit = float(np.abs(difference).max()) or 1.0
+        shown = right.imshow(difference, cmap=DIVERGING_CMAP, vmin=-limit, vmax=limit)
+        right.set_title("ELLA minus CLIP (each map scaled to sum 1)", fontsize=9)
+        right.set_axis_off()
+        figure.colorbar(shown, ax=right, label="difference of spatial shares", shrink=0.8)
     else:
-        figure.colorbar(clip_drawn, ax=left, label="attention weight", shrink=0.8)
-        figure.colorbar(ella_drawn, ax=middle, label="attention weight", shrink=0.8)
-    figure.colorbar(drawn, ax=right, label="difference of spatial shares", shrink=0.8)
+        note = "no difference: only one model read this word"
+        right.text(0.5, 0.5, note, transform=right.transAxes, ha="center", va="center", fontsize=9)
+        right.set_axis_off()
+    scale = "shared colour scale" if shared_scale else "each map on its own scale"
+    if shared_scale and len(drawn) == 2:
+        figure.colorbar(drawn["T5"][1], ax=[left, middle], label="attention weight", shrink=0.8)
+    else:
+        for axes, image in drawn.values():
+            figure.colorbar(image, ax=axes, label="attention weight", shrink=0.8)
     figure.suptitle(f'Where "{word}" lands, {window_label}; {scale}', fontsize=11)
     return figure
 

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .errors import InputError
 from .loading import LoadedModels
-from .text_encoders import FLEXIBLE, Word
+from .text_encoders import FLEXIBLE, Word, has_words
 
 DEFAULT_PROBE_TIMESTEPS = 50
 PROBE_BATCH = 25  # timesteps per connector call: bounds memory for long prompts
@@ -32,15 +33,20 @@ class ProbeResult:
 def timestep_grid(count: int = DEFAULT_PROBE_TIMESTEPS) -> np.ndarray:
     """`count` integer timesteps evenly from 999 down to 0."""
     if isinstance(count, bool) or not isinstance(count, int) or not 2 <= count <= 1000:
-        raise ValueError(f"timesteps must be a whole number from 2 to 1000, got {count!r}")
+        raise InputError("timesteps", f"must be a whole number from 2 to 1000, got {count!r}")
     return np.linspace(999, 0, count).round().astype(np.int64)
 
 
 def probe(models: LoadedModels, prompt: str, timesteps: int = DEFAULT_PROBE_TIMESTEPS,
           t5_length: int | str = FLEXIBLE) -> ProbeResult:  # fmt: skip
-    """Connector attention for `prompt` at every timestep of the grid, batched over timesteps."""
+    """Connector attention for `prompt` at every timestep of the grid, batched over timesteps.
+
+    An empty prompt is an InputError: the connector has no words to attend to.
+    """
     grid = timestep_grid(timesteps)
     encoding = models.t5_encoder.encode(prompt, t5_length)
+    if not has_words(encoding.words):
+        raise InputError("prompt", "is empty: type the prompt whose words the connector should read.")
     features = encoding.features.to(models.dtype)
     chunks = []
     with torch.no_grad():

@@ -1,4 +1,8 @@
-"""The full figure set of a traced run or a probe, written as PNG files (and a GIF)."""
+"""The full figure set of a traced run or a probe, written as PNG files (and a GIF).
+
+A run whose prompt has no words still gets every figure that needs none (the x0 previews); the
+figures it cannot have are listed, with the reason, in `skipped.txt` beside the others.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,9 @@ import numpy as np
 
 from . import analysis, figures
 from .engine import GenerationResult
+from .errors import InputError
 from .probe import ProbeResult
+from .text_encoders import has_words
 
 MAX_PREVIEW_STEPS = 8
 MAP_WORDS = 3
@@ -34,15 +40,18 @@ def write_tsc_figures(
 
 
 def write_trace_figures(result: GenerationResult, out_dir: str | Path) -> list[Path]:
-    """Every view of a traced run that its sides allow."""
+    """Every view of a traced run that its sides and its prompt allow; `skipped.txt` says what was left out."""
     trace = result.trace
     if trace is None:
         raise ValueError("figures need a traced run: generate with trace=True (--trace)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    skipped: list[str] = []
     steps = len(trace.timesteps)
-    if trace.tsc_attention is not None:
+    if trace.tsc_attention is not None and not has_words(trace.t5_words):
+        skipped.append("connector figures (token_time, word_shares, query_words, tsc_animation): the prompt is empty")
+    elif trace.tsc_attention is not None:
         attention = trace.tsc_attention
         write_tsc_figures(attention, trace.timesteps, trace.t5_words, trace.t5_tokens, out, written)
         middle = steps // 2
@@ -61,28 +70,32 @@ def write_trace_figures(result: GenerationResult, out_dir: str | Path) -> list[P
         figures.save_gif(frames, out / "tsc_animation.gif")
         written.append(out / "tsc_animation.gif")
     if {"clip", "ella"} <= set(trace.sides):
-        _write_spatial_figures(result, out, written)
+        _write_spatial_figures(result, out, written, skipped)
+    if skipped:
+        note = "Figures not written for this run:\n" + "".join(f"- {line}\n" for line in skipped)
+        (out / "skipped.txt").write_text(note, encoding="utf-8")
+        written.append(out / "skipped.txt")
     return written
 
 
-def _write_spatial_figures(result: GenerationResult, out: Path, written: list[Path]) -> None:
+def _write_spatial_figures(result: GenerationResult, out: Path, written: list[Path], skipped: list[str]) -> None:
     trace = result.trace
     maps = analysis.spatial_word_maps(trace)
-    shares, columns = analysis.word_shares(trace.tsc_attention, trace.t5_words)
-    distinct = columns.distinct_labels()
-    ranked = [distinct[index] for index in analysis.top_words(shares, len(columns.labels))]
-    chosen = [word for word in dict.fromkeys(ranked) if word in maps.labels][:MAP_WORDS]
-    for word in chosen:
-        index = maps.labels.index(word)
+    if not maps.labels:
+        reason = "the prompt is empty" if not trace.prompt.strip() else "the prompt has no words, only symbols"
+        skipped.append(f"word maps (word_maps_*): {reason}")
+    chosen = analysis.words_by_attention(trace.tsc_attention, maps.words)[:MAP_WORDS]
+    for index in chosen:
+        present = maps.presence(index)
         figure = figures.word_maps_figure(
             np.asarray(result.clip_images[0]),
             np.asarray(result.ella_images[0]),
-            maps.clip[index],
-            maps.ella[index],
-            word,
+            None if present == "T5 only" else maps.clip[index],
+            None if present == "CLIP only" else maps.ella[index],
+            maps.labels[index],
             maps.window,
         )
-        safe = "".join(char if char.isalnum() else "_" for char in word)
+        safe = "".join(char if char.isalnum() else "_" for char in maps.labels[index])
         _write(figure, out / f"word_maps_{safe}.png", written)
     steps = len(trace.timesteps)
     shown = np.unique(np.linspace(0, steps - 1, min(MAX_PREVIEW_STEPS, steps)).round().astype(int))
@@ -99,6 +112,10 @@ def write_probe(results: list[ProbeResult], out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    for number, result in enumerate(results, start=1):
+        if not has_words(result.words):
+            field = "prompt" if number == 1 else f"prompt{number}"
+            raise InputError(field, "is empty: a probe needs words to attend to (leave a second prompt out instead).")
     arrays = {}
     for number, result in enumerate(results, start=1):
         suffix = "" if number == 1 else f"_{number}"

@@ -1,7 +1,8 @@
 """Prompt encoding for both sides of the comparison: T5 for ELLA, CLIP for plain SD1.5.
 
-Each encoder returns a `TextEncoding`: the features, the attention mask, the token strings and
-the tokens grouped into words (for figures). Results are cached in a small LRU keyed by
+Each encoder returns a `TextEncoding`: the features, the attention mask, the token strings, the
+tokens grouped into words (for figures) and each token's character span in the prompt (to match
+the two encoders' tokens word by word). Results are cached in a small LRU keyed by
 (prompt, length mode, device, dtype), so a repeated prompt skips the encoder; the empty prompt,
 used for classifier-free guidance, is pinned and computed once per model and length mode.
 """
@@ -36,6 +37,11 @@ class Word:
     is_special: bool = False
 
 
+def has_words(words: tuple[Word, ...]) -> bool:
+    """Whether any word carries prompt text: False for an empty prompt (only `</s>` or padding)."""
+    return any(not word.is_special for word in words)
+
+
 @dataclass(frozen=True)
 class TextEncoding:
     """One prompt, encoded.
@@ -44,6 +50,8 @@ class TextEncoding:
     attention_mask: (1, L) int64, 1 for real tokens, 0 for padding.
     tokens: the L token strings. words: the tokens grouped into words.
     dropped_tokens: how many tokens truncation removed (0 when the prompt fitted).
+    offsets: L (start, end) character spans: token i was read from prompt[start:end]; (0, 0) for
+        tokens that carry no prompt text (start, end and padding tokens).
     """
 
     prompt: str
@@ -53,6 +61,7 @@ class TextEncoding:
     words: tuple[Word, ...]
     dropped_tokens: int
     max_length: int
+    offsets: tuple[tuple[int, int], ...]
 
     @property
     def truncation_message(self) -> str | None:
@@ -130,6 +139,7 @@ class _CachedEncoder:
             padding="max_length" if pad else False,
             max_length=max_length,
             truncation=True,
+            return_offsets_mapping=True,
             return_tensors="pt",
         )
         input_ids = batch["input_ids"].to(self.device)
@@ -137,14 +147,22 @@ class _CachedEncoder:
         with torch.no_grad():
             features = self._run(input_ids, attention_mask)
         tokens = tuple(self.tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist()))
+        words = self._group(tokens)
+        # Tokenizers give special tokens (0, 0) already; zeroing them here keeps that true for any tokenizer.
+        special = {index for word in words if word.is_special for index in word.token_indices}
+        offsets = tuple(
+            (0, 0) if index in special else (int(start), int(end))
+            for index, (start, end) in enumerate(batch["offset_mapping"][0].tolist())
+        )
         return TextEncoding(
             prompt=prompt,
             features=features,
             attention_mask=attention_mask,
             tokens=tokens,
-            words=self._group(tokens),
+            words=words,
             dropped_tokens=max(0, full_length - max_length),
             max_length=max_length,
+            offsets=offsets,
         )
 
     def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

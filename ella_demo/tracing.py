@@ -33,8 +33,8 @@ LATENT_RGB_FACTORS = torch.tensor(
     ]
 )
 
-# Layers at the full latent resolution are stored average-pooled 2x2 (DESIGN.md 3: a 64x64 map at
-# 512 px per step would dominate the trace's memory).
+# Layers at the full latent resolution are stored average-pooled 2x2 (a 64x64 map at 512 px per
+# step would dominate the trace's memory).
 POOLED_FACTOR = 1
 
 
@@ -64,6 +64,8 @@ class Trace:
     tsc_attention: (S, layers, heads, Q, Q + L_t5) float16, the connector's attention for the
         conditional prompt at each step; key axis = [Q latents, then the L_t5 T5 tokens].
     t5_tokens/t5_words and clip_tokens/clip_words: the prompt as each encoder split it.
+    prompt: the prompt as typed. t5_offsets/clip_offsets: each token's (start, end) characters in
+        it, (0, 0) for start, end and padding tokens; they match both encoders' tokens word by word.
     timings: wall-clock seconds per phase of the run (t5, clip, tsc, unet, vae, total).
     """
 
@@ -77,6 +79,9 @@ class Trace:
     mode: str = "ella"
     settings: dict = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    prompt: str = ""
+    t5_offsets: tuple[tuple[int, int], ...] = ()
+    clip_offsets: tuple[tuple[int, int], ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------

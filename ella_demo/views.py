@@ -6,15 +6,23 @@ controls' current values: a step, a block/head choice, a normalisation, a word a
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 from PIL import Image
 
 from . import analysis, figures
+from .caching import LRUCache
 from .engine import GenerationResult
+from .errors import InputError
+from .text_encoders import has_words
 
 WINDOW_CHOICES = ("this step", "all", "early", "middle", "late")
+# Spatial maps kept per session: the four named windows and the last few steps scrubbed to. One
+# entry is about 1 MB at 512 px (two (W, 32, 32) maps and the (32, 32, 64) query map).
+MAP_CACHE_SIZE = 8
 
 
 def parse_aggregation(block: str, head: str) -> analysis.Aggregation:
@@ -27,10 +35,10 @@ def parse_aggregation(block: str, head: str) -> analysis.Aggregation:
 
 @dataclass
 class RunViews:
-    """One traced run and the renders derived from it, cached per window."""
+    """One traced run and the renders derived from it; spatial maps cached per window (a bounded LRU)."""
 
     result: GenerationResult
-    _maps: dict = field(default_factory=dict)
+    _maps: LRUCache[analysis.SpatialWordMaps] = field(default_factory=lambda: LRUCache(MAP_CACHE_SIZE))
 
     @property
     def trace(self):
@@ -42,26 +50,33 @@ class RunViews:
 
     @property
     def has_words(self) -> bool:
-        """False for an empty prompt: the word views have nothing to show."""
-        return any(not word.is_special for word in self.trace.t5_words)
+        """False for an empty prompt: the connector views have nothing to show."""
+        return has_words(self.trace.t5_words)
+
+    @cached_property
+    def words(self) -> analysis.MatchedWords:
+        """The prompt's words matched to both encoders' tokens."""
+        trace = self.trace
+        return analysis.match_words(trace.prompt, trace.t5_offsets, trace.clip_offsets)
 
     def word_choices(self) -> list[str]:
-        return list(self.spatial(0).labels)
+        """Every word of the prompt, "lamp (T5 only)" for a word CLIP's 77 tokens cut off."""
+        return list(self.words.choices())
 
     def default_word(self) -> str | None:
-        """The shared word the connector attends to most over the run, for the first word maps."""
-        labels = self.word_choices()
-        if not labels:
+        """The word both sides read that the connector attends to most over the run, for the first word maps."""
+        if not self.words.labels:
             return None
-        shares, columns = analysis.word_shares(self.trace.tsc_attention, self.trace.t5_words)
-        ranked = [columns.distinct_labels()[index] for index in analysis.top_words(shares, len(columns.labels))]
-        return next(label for label in ranked if label in labels)
+        ranked = analysis.words_by_attention(self.trace.tsc_attention, self.words)
+        both = [index for index in ranked if self.words.presence(index) == "both"]
+        return self.words.choices()[(both or ranked)[0]]
 
     def spatial(self, window) -> analysis.SpatialWordMaps:
-        key = window
-        if key not in self._maps:
-            self._maps[key] = analysis.spatial_word_maps(self.trace, window)
-        return self._maps[key]
+        return self._maps.get_or_compute(window, lambda: analysis.spatial_word_maps(self.trace, window))
+
+    def _require_words(self) -> None:
+        if not self.has_words:
+            raise InputError("prompt", "is empty, so there are no words to show: type a prompt and generate again.")
 
     def _window(self, window: str, step: int):
         return step if window == "this step" else window
@@ -75,6 +90,7 @@ class RunViews:
         )
 
     def query_heatmap(self, step: int, aggregation: analysis.Aggregation) -> Image.Image:
+        self._require_words()
         matrix, order, columns = analysis.query_word_matrix(
             self.trace.tsc_attention[step], self.trace.t5_words, aggregation
         )
@@ -84,12 +100,14 @@ class RunViews:
         return figures.to_image(figure)
 
     def highlighted_prompt(self, step: int, aggregation: analysis.Aggregation) -> list[tuple[str, float]]:
+        self._require_words()
         shares, columns = analysis.word_shares(
             self.trace.tsc_attention[step : step + 1], self.trace.t5_words, aggregation
         )
         return analysis.highlight(shares[0], columns)
 
     def token_time(self, normalisation: str, aggregation: analysis.Aggregation, pieces: bool = False) -> Image.Image:
+        self._require_words()
         time_map = analysis.token_time_map(
             self.trace.tsc_attention,
             self.trace.timesteps,
@@ -102,6 +120,7 @@ class RunViews:
         return figures.to_image(figures.token_time_figure(time_map))
 
     def share_curves(self, aggregation: analysis.Aggregation) -> Image.Image:
+        self._require_words()
         shares, columns = analysis.word_shares(self.trace.tsc_attention, self.trace.t5_words, aggregation)
         figure = figures.word_share_figure(
             shares,
@@ -113,16 +132,20 @@ class RunViews:
         return figures.to_image(figure)
 
     def word_maps(self, word: str, window: str, step: int, shared_scale: bool = True) -> Image.Image:
+        """Both sides' maps of one word (a label or a word-list choice), over a window or this step."""
+        if not self.words.labels:
+            raise InputError("word", "cannot be shown: the prompt has no words to map.")
+        index = self.words.find(word)
+        if index is None:
+            raise InputError("word", f"{word!r} is not a word of the prompt; pick one from the list.")
         maps = self.spatial(self._window(window, step))
-        if word not in maps.labels:
-            raise ValueError(f"{word!r} is not a word both encoders share; pick one from the list.")
-        index = maps.labels.index(word)
+        present = maps.presence(index)
         figure = figures.word_maps_figure(
             np.asarray(self.result.clip_images[0]),
             np.asarray(self.result.ella_images[0]),
-            maps.clip[index],
-            maps.ella[index],
-            word,
+            None if present == "T5 only" else maps.clip[index],
+            None if present == "CLIP only" else maps.ella[index],
+            maps.labels[index],
             maps.window,
             shared_scale,
         )
@@ -130,16 +153,24 @@ class RunViews:
 
     def pixel_probe(self, x: float, y: float, window: str, step: int) -> str:
         """Markdown: the words ranked at (x, y) for each model, and ELLA's top queries there."""
+        heading = f"**At pixel ({int(x)}, {int(y)})**"
+        if not self.words.labels:
+            return f"{heading}: the prompt has no words to rank."
         maps = self.spatial(self._window(window, step))
         found = analysis.pixel_probe(maps, x, y, self.result.clip_images[0].size)
         lines = [
-            f"**At pixel ({int(x)}, {int(y)})**, {maps.window}:",
+            f"{heading}, {maps.window}:",
             "",
             "| rank | CLIP | ELLA (attention flow) |",
             "| --- | --- | --- |",
         ]
-        for rank, (clip, ella) in enumerate(zip(found["clip"], found["ella"], strict=False), start=1):
-            lines.append(f"| {rank} | {clip[0]} ({clip[1]:.3f}) | {ella[0]} ({ella[1]:.3f}) |")
+        for rank, (clip, ella) in enumerate(itertools.zip_longest(found["clip"], found["ella"]), start=1):
+            cells = [f"{item[0]} ({item[1]:.3f})" if item else "" for item in (clip, ella)]
+            lines.append(f"| {rank} | {cells[0]} | {cells[1]} |")
         queries = ", ".join(f"q{index} ({weight:.3f})" for index, weight in found["ella_queries"])
         lines += ["", f"ELLA's UNet reads these connector queries most there: {queries}"]
+        if maps.t5_only:
+            lines += ["", f"T5 only (past CLIP's 77 tokens, so only ELLA ranks them): {', '.join(maps.t5_only)}"]
+        if maps.clip_only:
+            lines += ["", f"CLIP only (past the T5 length, so only CLIP ranks them): {', '.join(maps.clip_only)}"]
         return "\n".join(lines)

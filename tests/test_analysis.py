@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ella_demo import analysis
-from ella_demo.text_encoders import Word
+from ella_demo.text_encoders import PromptTruncatedWarning, Word
 
 # Key axis of a toy connector: Q=3 latents, then T5 tokens ▁red ▁gi raffe </s> <pad> <pad>
 Q = 3
@@ -218,3 +218,102 @@ def test_spatial_word_maps_need_both_traced_sides(tiny):
 def test_repeated_words_get_distinct_labels():
     columns = analysis.text_columns((Word("a", (0,)), Word("cat", (1,)), Word("a", (2,))), 0)
     assert columns.distinct_labels() == ("a (1)", "cat", "a (3)")
+
+
+@pytest.mark.parametrize(
+    ("prompt", "words"),
+    [
+        ("a red cat, on a blue chair.", ["a", "red", "cat", "on", "a", "blue", "chair"]),
+        ("a well-lit room; rock'n'roll, don't!", ["a", "well-lit", "room", "rock'n'roll", "don't"]),
+        ("3 cats, 12.5% off, 1,000 birds, 3D", ["3", "cats", "12.5", "off", "1,000", "birds", "3D"]),
+        ("$x$ _y_ ^z {w} \\v -dash- 'quoted'", ["x", "y", "z", "w", "v", "dash", "quoted"]),
+        ("", []),
+        (" ,.!? ", []),
+    ],
+)
+def test_prompt_words_come_from_the_text(prompt, words):
+    found = analysis.prompt_words(prompt)
+    assert [word.text for word in found] == words
+    assert all(prompt[word.start : word.end] == word.text for word in found)
+
+
+def test_tokens_are_matched_to_words_by_character_span():
+    words = analysis.prompt_words("a cat, well-lit")  # spans: a 0-1, cat 2-5, well-lit 7-15
+    # CLIP-like: start token, a, c+at, ",", well, -, lit, end, padding
+    offsets = ((0, 0), (0, 1), (2, 3), (3, 5), (5, 6), (7, 11), (11, 12), (12, 15), (0, 0), (0, 0))
+    assert analysis.tokens_of_words(words, offsets) == ((1,), (2, 3), (5, 6, 7))
+    assert analysis.tokens_of_words(words, offsets[:3]) == ((1,), (2,), ())  # truncated: "well-lit" is lost
+
+
+def trace_of(tiny, prompt: str, steps: int = 2):
+    from ella_demo import generate
+
+    return generate(tiny, prompt, trace=True, num_inference_steps=steps, height=32, width=32).trace
+
+
+def test_every_content_word_of_a_punctuated_prompt_gets_maps(tiny):
+    maps = analysis.spatial_word_maps(trace_of(tiny, "a red cat, on a blue chair."))
+    assert maps.labels == ("a (1)", "red", "cat", "on", "a (5)", "blue", "chair")
+    assert maps.t5_only == maps.clip_only == ()
+
+
+def test_repeated_words_each_get_their_own_map(tiny):
+    trace = trace_of(tiny, "a cat on a mat")
+    maps = analysis.spatial_word_maps(trace)
+    first, second = maps.labels.index("a (1)"), maps.labels.index("a (4)")
+    assert not np.allclose(maps.clip[first], maps.clip[second])
+    assert not np.allclose(maps.ella[first], maps.ella[second])
+    # Each "a" is its own CLIP token, and each map is that token's attention.
+    tokens = [index for index, token in enumerate(trace.clip_tokens) if token == "a</w>"]
+    combined = analysis.combine_resolutions(trace.sides["clip"].cross_attention)
+    assert np.allclose(maps.clip[first], combined[..., tokens[0]].mean(axis=0))
+    assert np.allclose(maps.clip[second], combined[..., tokens[1]].mean(axis=0))
+
+
+def test_hyphenated_numeric_and_capitalised_words_are_matched(tiny):
+    maps = analysis.spatial_word_maps(trace_of(tiny, "A well-lit room with 3 cats and 12.5 birds"))
+    assert maps.labels == ("A", "well-lit", "room", "with", "3", "cats", "and", "12.5", "birds")
+    assert maps.t5_only == ()
+
+
+def test_words_cut_off_by_clips_77_tokens_are_t5_only(tiny):
+    prompt = " ".join(["red cat"] * 40) + " under a tall green lamp"
+    with pytest.warns(PromptTruncatedWarning, match="CLIP"):
+        trace = trace_of(tiny, prompt)
+    maps = analysis.spatial_word_maps(trace)
+    assert len(maps.labels) == 85
+    assert {"under", "a", "tall", "green", "lamp"} <= set(maps.t5_only)
+    assert maps.clip_only == ()
+    lamp = maps.labels.index("lamp")
+    assert maps.presence(lamp) == "T5 only" and maps.presence(0) == "both"
+    assert maps.choices()[lamp] == "lamp (T5 only)" and maps.choices()[0] == maps.labels[0]
+    probe = analysis.pixel_probe(maps, x=1, y=1, image_size=(32, 32), count=100)
+    assert "lamp (T5 only)" in [word for word, _ in probe["ella"]]
+    assert "lamp" not in [word for word, _ in probe["clip"]]
+    assert len(probe["clip"]) == len(maps.labels) - len(maps.t5_only) < len(probe["ella"]) == 85
+
+
+def test_analysis_imports_no_torch():
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(analysis))
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not any(name.split(".")[0] == "torch" for name in imported), imported
+
+
+@pytest.mark.parametrize(("source", "target"), [((3, 5), (7, 9)), ((2, 2), (4, 4)), ((1, 1), (3, 2)), ((4, 6), (5, 6))])
+def test_bilinear_upsampling_matches_torch(source, target):
+    import torch
+    from torch.nn import functional
+
+    maps = np.random.default_rng(0).random((2, *source, 3)).astype(np.float32)
+    expected = functional.interpolate(
+        torch.from_numpy(maps).permute(0, 3, 1, 2), size=target, mode="bilinear", align_corners=False
+    )
+    resized = analysis.resize_bilinear(maps, target)
+    assert resized.dtype == np.float32
+    assert np.allclose(resized, expected.permute(0, 2, 3, 1).numpy(), atol=1e-6)
+    combined = analysis.combine_resolutions({"big": np.zeros((2, *target, 3)), "small": maps})
+    assert np.allclose(combined, resized / 2, atol=1e-6)

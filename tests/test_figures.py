@@ -9,13 +9,15 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import matplotlib.text
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from ella_demo import analysis, figures, generate
-from ella_demo.probe import probe, timestep_grid
+from ella_demo.errors import InputError
+from ella_demo.probe import ProbeResult, probe, timestep_grid
 from ella_demo.report import write_probe, write_trace_figures
 from ella_demo.text_encoders import Word
 
@@ -142,3 +144,91 @@ def test_probe_figures_for_two_prompts(tiny, tmp_path):
     written = {path.relative_to(tmp_path).as_posix() for path in write_probe(results, tmp_path)}
     assert "compare.png" in written and "probe.npz" in written
     assert Image.open(tmp_path / "compare.png").width <= 1280
+
+
+NASTY = r"$\alpha_$ costs $5 {x} 100% a_b^c \ and a lone $ sign"
+
+
+def nasty_figure(name: str):
+    """One figure function, with NASTY in each place prompt text can reach (labels, titles, legends)."""
+    attention, timesteps, _ = synthetic(3)
+    word_list = (Word(NASTY, (0,)), Word("$", (1,)), Word("_{x}^", (2,)), Word("</s>", (3,), True))
+    time_map = analysis.token_time_map(attention, timesteps, word_list, "change")
+    shares, columns = analysis.word_shares(attention, word_list)
+    matrix, order, query_columns = analysis.query_word_matrix(attention[0], word_list)
+    image, word_map = np.zeros((16, 16, 3), np.uint8), np.random.default_rng(0).random((4, 4))
+    previews = np.zeros((2, 1, 8, 8, 3), np.uint8)
+    draw = {
+        "token_time": lambda: figures.token_time_figure(time_map, title=NASTY),
+        "word_share": lambda: figures.word_share_figure(shares, columns, timesteps, [0, 1, 2], np.zeros((6, 2))),
+        "query_word": lambda: figures.query_word_figure(matrix, query_columns, order, 0, 999, NASTY),
+        "word_maps": lambda: figures.word_maps_figure(image, image, word_map, word_map, NASTY, NASTY),
+        "word_maps_t5_only": lambda: figures.word_maps_figure(image, image, None, word_map, NASTY, NASTY),
+        "preview_strip": lambda: figures.preview_strip_figure(previews, previews, [0, 1], timesteps),
+        "compare": lambda: figures.compare_token_time_figure(time_map, time_map, NASTY, NASTY[:20]),
+        "category_bars": lambda: figures.category_bars_figure({NASTY: {"$a$": 50.0}, "ELLA": {"$a$": 60.0}}, NASTY),
+    }
+    return draw[name]()
+
+
+NASTY_FIGURES = ("token_time", "word_share", "query_word", "word_maps", "word_maps_t5_only", "preview_strip",
+                 "compare", "category_bars")  # fmt: skip
+
+
+@pytest.mark.parametrize("name", NASTY_FIGURES)
+def test_prompt_text_is_drawn_literally_and_never_breaks_a_figure(name):
+    figure = nasty_figure(name)
+    png = figures.to_png(figure)  # mathtext would raise on "$\alpha_$"
+    assert Image.open(io.BytesIO(png)).width <= 1280
+    texts = [text for text in figure.findobj(matplotlib.text.Text) if text.get_text()]
+    assert texts and not any(text.get_parse_math() for text in texts)
+    if name != "preview_strip":
+        assert any(NASTY in text.get_text() or "$" in text.get_text() for text in texts)
+
+
+def test_animation_frames_draw_prompt_text_literally():
+    attention, timesteps, _ = synthetic(2, steps=2)
+    word_list = (Word(NASTY, (0,)), Word("$x$", (1,)), Word("</s>", (2,), True))
+    matrices = [analysis.query_word_matrix(attention[step], word_list)[0] for step in range(2)]
+    shares, columns = analysis.word_shares(attention, word_list)
+    assert len(figures.animation_frames(matrices, shares, columns, timesteps, vmax=1.0)) == 2
+
+
+def test_an_empty_prompt_run_writes_what_it_can_and_says_what_it_skipped(tiny, tmp_path):
+    result = generate(tiny, "", num_inference_steps=2, height=32, width=32, trace=True)
+    names = {path.name for path in write_trace_figures(result, tmp_path)}
+    assert "previews.png" in names and "skipped.txt" in names
+    assert not any(name.startswith(("token_time", "word_maps")) for name in names)
+    assert "empty" in (tmp_path / "skipped.txt").read_text()
+
+
+def test_a_prompt_with_a_dollar_sign_writes_the_full_figure_set(tiny, tmp_path):
+    result = generate(tiny, r"a $red$ cat_1 {x} costs $\alpha_$", num_inference_steps=2, height=32, width=32,
+                      trace=True)  # fmt: skip
+    names = {path.name for path in write_trace_figures(result, tmp_path)}
+    assert {"token_time_paper.png", "tsc_animation.gif", "previews.png"} <= names
+    assert any(name.startswith("word_maps_") for name in names)
+
+
+def test_an_empty_probe_prompt_is_an_input_error_naming_the_prompt(tiny, tmp_path):
+    with pytest.raises(InputError, match="empty") as raised:
+        probe(tiny, "", timesteps=3)
+    assert raised.value.field == "prompt"
+    empty = ProbeResult("", np.zeros((3, 1, 1, 2, 3)), timestep_grid(3), ("</s>",), (Word("</s>", (0,), True),))
+    with pytest.raises(InputError, match="empty") as raised:
+        write_probe([probe(tiny, "a red cat", timesteps=3), empty], tmp_path)
+    assert raised.value.field == "prompt2"
+
+
+def test_probe_tab_treats_an_empty_second_prompt_as_absent(tiny):
+    import gradio as gr
+
+    from ella_demo.ui import ExplorerUI
+
+    explorer = ExplorerUI(tiny)
+    for second in ("", "   ", None):
+        first, curves, comparison = explorer.run_probe(r"a $red$ cat", second, timesteps=3)
+        assert first.width > 0 and curves.width > 0 and comparison is None
+    for second in ("", "a blue dog"):
+        with pytest.raises(gr.Error, match=r"(?i)prompt is empty"):
+            explorer.run_probe("", second, timesteps=3)

@@ -168,3 +168,39 @@ def test_in_process_tokenizers_know_vocabulary_words_whole():
     t5 = build_t5_tokenizer()
     assert t5.tokenize("A red cat on a blue chair") == ["▁A", "▁red", "▁cat", "▁on", "▁a", "▁blue", "▁chair"]
     assert build_clip_tokenizer().tokenize("red blue") == ["red</w>", "blue</w>"]
+
+
+def test_encodings_carry_each_tokens_span_of_the_prompt(tiny):
+    prompt = "A red cat, on a well-lit chair."
+    for encoding in (tiny.t5_encoder.encode(prompt, 32), tiny.clip_encoder.encode(prompt)):
+        assert len(encoding.offsets) == len(encoding.tokens)
+        specials = _special_mask(encoding)
+        for token, (start, end), special in zip(encoding.tokens, encoding.offsets, specials, strict=True):
+            if special:  # start/end/padding tokens carry no prompt text
+                assert (start, end) == (0, 0), token
+            else:
+                assert token.replace("▁", "").replace("</w>", "") in ("", prompt[start:end].lower(), prompt[start:end])
+
+
+def _special_mask(encoding) -> list[bool]:
+    mask = [False] * len(encoding.tokens)
+    for word in encoding.words:
+        for index in word.token_indices:
+            mask[index] = word.is_special
+    return mask
+
+
+def test_offsets_point_into_the_original_text_through_a_normalising_tokenizer(tiny):
+    """The real FLAN-T5 tokenizer normalises (sentencepiece's NFKC map, runs of spaces collapsed); offsets
+    must still index the prompt as typed, which is what word matching relies on."""
+    from tokenizers import Regex, normalizers
+
+    tokenizer = build_t5_tokenizer()
+    tokenizer.backend_tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")]
+    )
+    prompt = "ﬁve   red  cats"  # a ligature and runs of spaces: the normalised text is shorter
+    encoding = T5PromptEncoder(tiny.t5, tokenizer).encode(prompt)
+    spans = {prompt[start:end] for start, end in encoding.offsets if end > start}
+    assert {"red", "cats"} <= spans
+    assert all(prompt[start:end].strip() == prompt[start:end] for start, end in encoding.offsets)
