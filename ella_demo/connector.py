@@ -9,7 +9,7 @@ Parameter names follow the released checkpoint exactly (`ella-sd1.5-tsc-t5xl.saf
 `time_embedding.linear_{1,2}`, `connector.latents`, `connector.time_aware_linear`,
 `connector.proj_in`, `connector.perceiver_blocks.{i}.{attn,mlp.c_fc,mlp.c_proj,ln_1,ln_2,ln_ff}`.
 Renaming any of them breaks loading of real weights; `tests/test_connector.py` checks them
-against the manifest in `shared/reference/ella_sd15_keys.tsv`.
+against the released checkpoint's key and shape list in `tests/data/ella_sd15_keys.tsv`.
 
 Shapes used in docstrings: B batch, L text tokens, Q queries (num_latents, 64 in the release),
 D width (768), H heads (8), N blocks (6), C input_dim (2048 for FLAN-T5-XL).

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import ExplorerError
+
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 # Which dtypes each device type runs. fp16 on CPU is missing kernels or very slow in PyTorch.
@@ -17,7 +19,7 @@ SUPPORTED_DTYPES = {
 DEFAULT_DTYPE = {"cuda": "fp16", "mps": "fp16", "cpu": "fp32"}
 
 
-class DeviceError(ValueError):
+class DeviceError(ExplorerError, ValueError):
     """The requested device or dtype cannot be used on this machine."""
 
 
@@ -26,7 +28,8 @@ class Placement:
     """Where the models run.
 
     `dtype` is for the UNet, VAE, CLIP and the connector; `t5_dtype` is for the T5 encoder, which
-    ELLA was trained against in fp16, so it stays fp16 on a GPU whatever `dtype` says.
+    ELLA was trained against in fp16, so by default it stays fp16 on a GPU whatever `dtype` says
+    (`choose_placement`'s `t5_dtype` overrides that).
     """
 
     device: torch.device

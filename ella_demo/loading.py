@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -34,9 +35,13 @@ from .config import (
 )
 from .connector import ELLA, EllaConfig
 from .devices import Placement, choose_placement
+from .errors import ExplorerError, InputError
 from .presets import Components, WeightlessConfigs, build_weightless_components
 from .schedulers import scheduler_from_config
 from .text_encoders import CLIPPromptEncoder, T5PromptEncoder
+
+# A file a folder must hold, or a tuple of files of which it must hold at least one.
+Requirement = str | tuple[str, ...]
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w./-]+)?$")
 CONFIG_DIRS = {"tiny": "tiny", "random-sd15": "sd15"}
@@ -53,10 +58,14 @@ SD15_CONFIG_FILES = [
     "text_encoder/config.json",
 ]
 TOKENIZER_PATTERNS = ["tokenizer/*"]
-CLIP_TOKENIZER_CONFIG = "tokenizer/tokenizer_config.json"
+# The CLIP tokenizer's files: its config, and its vocabulary as tokenizer.json or vocab.json (+ merges.txt).
+CLIP_TOKENIZER_FILES: list[Requirement] = [
+    "tokenizer/tokenizer_config.json",
+    ("tokenizer/tokenizer.json", "tokenizer/vocab.json"),
+]
 
 
-class ModelSourceError(RuntimeError):
+class ModelSourceError(ExplorerError, RuntimeError):
     """A model could not be found, fetched, or loaded; the message says what to do instead."""
 
 
@@ -151,13 +160,13 @@ def load_models(
         seed: weight seed of the weightless presets.
     """
     if preset not in PRESETS:
-        raise ValueError(f"Unknown preset {preset!r}: choose one of {', '.join(PRESETS)}.")
+        raise InputError("preset", f"must be one of {', '.join(PRESETS)}, got {preset!r}.")
     placement = choose_placement(device, dtype, t5_dtype)
     if preset in WEIGHTLESS_PRESETS:
         overrides = [name for name, value in (("sd15", sd15), ("ella", ella), ("t5", t5)) if value]
         if overrides:
-            raise ValueError(
-                f"Preset {preset} builds its own weights; drop {', '.join(overrides)} or use --preset sd15."
+            raise InputError(
+                overrides[0], f"is for preset sd15 only: preset {preset} builds its own weights. Drop it, or use sd15."
             )
         components = build_weightless_components(_read_weightless_configs(preset), placement, seed)
         sources = {"weights": f"random (seed {seed}), {preset} architecture"}
@@ -268,16 +277,18 @@ def fetch(
     patterns: list[str],
     what: str,
     cache_dir: str | Path | None = None,
-    required: list[str] | None = None,
+    lacks: Callable[[Path], list[str]] | None = None,
 ) -> Path:
     """Local folder of `location`'s repo holding the files matching `patterns`.
 
-    Tries the local hub cache first (no network), then the hub. A cached snapshot counts only
-    if it holds every file in `required` (default: none). Fails fast with a message naming the
-    files when neither place has them.
+    Tries the local hub cache first (no network), then the hub. A folder counts only if
+    `lacks(folder)` names nothing missing (default: any folder counts), so a partly cached
+    download (configs without weights, fp32 weights when fp16 ones are wanted) is completed from
+    the hub rather than taken. Fails fast with a message naming the files when neither place has them.
     """
     errors = []
     for local_only in (True, False):
+        place = "the local hub cache" if local_only else "the hub"
         try:
             folder = Path(
                 snapshot_download(
@@ -289,17 +300,27 @@ def fetch(
                 )
             )
         except Exception as error:  # noqa: BLE001 - hub errors come in many types; all mean "not here"
-            errors.append(f"{type(error).__name__}: {error}")
+            errors.append(f"{place}: {type(error).__name__}: {str(error)[:300]}")
             continue
-        missing = [name for name in required or [] if not (folder / name).is_file()]
+        missing = lacks(folder) if lacks else []
         if not missing:
             return folder
-        errors.append(f"the copy in {folder} lacks {', '.join(missing)}")
-    raise MissingFilesError(what, location, patterns, errors[-1][:300])
+        errors.append(f"{place}: the copy in {folder} lacks {', '.join(missing)}")
+    raise MissingFilesError(what, location, patterns, "; ".join(errors))
 
 
-def _require_files(folder: Path, relative_paths: list[str], what: str) -> None:
-    missing = [name for name in relative_paths if not (folder / name).is_file()]
+def missing_files(folder: Path, required: Iterable[Requirement]) -> list[str]:
+    """The entries of `required` that `folder` lacks (a tuple: none of its alternatives is there)."""
+    missing = []
+    for requirement in required:
+        alternatives = (requirement,) if isinstance(requirement, str) else requirement
+        if not any((folder / name).is_file() for name in alternatives):
+            missing.append(" or ".join(alternatives))
+    return missing
+
+
+def _require_files(folder: Path, required: Iterable[Requirement], what: str) -> None:
+    missing = missing_files(folder, required)
     if missing:
         raise ModelSourceError(f"The {what} folder {folder} lacks {', '.join(missing)}.")
 
@@ -346,7 +367,9 @@ def _load_pretrained(
     t5_tokenizer, t5_tokenizer_source = _load_t5_tokenizer(t5_folder, cache_dir)
     components = Components(
         **sd_parts,
-        t5=T5EncoderModel.from_pretrained(t5_folder, dtype=placement.t5_dtype, use_safetensors=not allow_pickle),
+        t5=T5EncoderModel.from_pretrained(
+            t5_folder, dtype=placement.t5_dtype, use_safetensors=_use_safetensors(allow_pickle)
+        ),
         t5_tokenizer=t5_tokenizer,
         ella=load_ella_checkpoint(ella_path, placement.device, placement.dtype),
     )
@@ -359,7 +382,7 @@ def _load_pretrained(
     return components, sources
 
 
-def _weight_names(variant: str | None, allow_pickle: bool) -> dict[str, list[str]]:
+def _weight_names(variant: str | None, allow_pickle: bool) -> dict[str, tuple[str, ...]]:
     """Weight files each SD component may have, best first."""
     suffix = f".{variant}" if variant else ""
     names = {}
@@ -367,8 +390,13 @@ def _weight_names(variant: str | None, allow_pickle: bool) -> dict[str, list[str
         candidates = [f"{component}/{stem}{suffix}.safetensors"]
         if allow_pickle:
             candidates.append(f"{component}/{'pytorch_model' if stem == 'model' else stem}{suffix}.bin")
-        names[component] = candidates
+        names[component] = tuple(candidates)
     return names
+
+
+def _sd_requirements(variant: str | None, allow_pickle: bool) -> list[Requirement]:
+    """What a diffusers-layout SD folder must hold: configs, tokenizer, one weight file per component."""
+    return [*SD15_CONFIG_FILES, *CLIP_TOKENIZER_FILES, *_weight_names(variant, allow_pickle).values()]
 
 
 def _choose_variant(folder: Path | None, placement: Placement) -> str | None:
@@ -386,18 +414,27 @@ def _resolve_sd_folder(
     """A local diffusers-layout folder or single file for the SD side, fetched if on the hub."""
     if isinstance(source, Path):
         return source
+    # The weights decide whether a cached copy is enough: a download interrupted after the configs,
+    # or fp32 files cached when this run wants the fp16 ones, is completed from the hub.
     variant = _choose_variant(None, placement)
     wanted = [name for names in _weight_names(variant, allow_pickle).values() for name in names]
     prefix = f"{source.path}/" if source.path else ""
     patterns = [prefix + name for name in SD15_CONFIG_FILES + TOKENIZER_PATTERNS + wanted]
-    required = [prefix + name for name in SD15_CONFIG_FILES]
-    return fetch(source, patterns, "Stable Diffusion 1.5 weights", cache_dir, required) / source.path
+    required = _sd_requirements(variant, allow_pickle)
+    folder = fetch(
+        source,
+        patterns,
+        "Stable Diffusion 1.5 weights",
+        cache_dir,
+        lambda folder: missing_files(folder / source.path, required),
+    )
+    return folder / source.path
 
 
 def _load_diffusers_sd(folder: Path, placement: Placement, allow_pickle: bool) -> dict:
     """UNet, VAE, CLIP and scheduler from a diffusers-layout folder."""
     variant = _choose_variant(folder, placement)
-    _require_files(folder, [*SD15_CONFIG_FILES, CLIP_TOKENIZER_CONFIG], "Stable Diffusion")
+    _require_files(folder, [*SD15_CONFIG_FILES, *CLIP_TOKENIZER_FILES], "Stable Diffusion")
     for component, candidates in _weight_names(variant, allow_pickle).items():
         if not any((folder / name).is_file() for name in candidates):
             raise ModelSourceError(
@@ -405,7 +442,7 @@ def _load_diffusers_sd(folder: Path, placement: Placement, allow_pickle: bool) -
                 + ("" if allow_pickle else " (pickle .bin files are only read with --allow-pickle)")
                 + "."
             )
-    common = {"variant": variant, "use_safetensors": not allow_pickle}
+    common = {"variant": variant, "use_safetensors": _use_safetensors(allow_pickle)}
     return {
         "unet": UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=placement.dtype, **common),
         "vae": AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=placement.dtype, **common),
@@ -436,7 +473,11 @@ def _load_single_file_sd(
         tokenizer_folder = config_dir
     else:
         tokenizer_folder = fetch(
-            DEFAULT_SOURCES["sd15"], TOKENIZER_PATTERNS, "CLIP tokenizer files", cache_dir, [CLIP_TOKENIZER_CONFIG]
+            DEFAULT_SOURCES["sd15"],
+            TOKENIZER_PATTERNS,
+            "CLIP tokenizer files",
+            cache_dir,
+            lambda folder: missing_files(folder, CLIP_TOKENIZER_FILES),
         )
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_folder, subfolder="tokenizer")
     try:
@@ -464,6 +505,12 @@ def _load_single_file_sd(
     }
 
 
+def _use_safetensors(allow_pickle: bool) -> bool | None:
+    """diffusers/transformers `use_safetensors`: True reads safetensors only; None prefers them and
+    falls back to pickle files (False would read pickle files only, missing safetensors-only folders)."""
+    return None if allow_pickle else True
+
+
 def _read_scheduler(folder: Path):
     """The scheduler of a diffusers-layout folder, as its config file describes it (SD1.5: PNDM)."""
     try:
@@ -475,7 +522,14 @@ def _read_scheduler(folder: Path):
 def _resolve_ella_file(source: Path | HubLocation, cache_dir: str | Path | None) -> Path:
     if isinstance(source, HubLocation):
         filename = source.path or ELLA_FILENAME
-        return fetch(HubLocation(source.repo_id), [filename], "ELLA connector", cache_dir, [filename]) / filename
+        folder = fetch(
+            HubLocation(source.repo_id),
+            [filename],
+            "ELLA connector",
+            cache_dir,
+            lambda folder: missing_files(folder, [filename]),
+        )
+        return folder / filename
     path = source / ELLA_FILENAME if source.is_dir() else source
     if not path.is_file():
         raise ModelSourceError(f"No ELLA checkpoint at {path}: pass the .safetensors file itself.")
@@ -488,13 +542,38 @@ def _resolve_t5_folder(source: Path | HubLocation, allow_pickle: bool, cache_dir
         patterns = [prefix + pattern for pattern in ("*.json", "*.safetensors", "spiece.model")]
         if allow_pickle:
             patterns.append(prefix + "*.bin")
-        folder = fetch(source, patterns, "T5 text encoder", cache_dir, [prefix + "config.json"]) / source.path
+        folder = fetch(
+            source,
+            patterns,
+            "T5 text encoder",
+            cache_dir,
+            lambda folder: _missing_t5_files(folder / source.path, allow_pickle),
+        )
+        folder = folder / source.path
     else:
         folder = source
-    _require_files(folder, ["config.json"], "T5 encoder")
-    if not any(folder.glob("*.safetensors")) and not (allow_pickle and any(folder.glob("*.bin"))):
-        raise ModelSourceError(f"The T5 encoder folder {folder} has no .safetensors weights.")
+    missing = _missing_t5_files(folder, allow_pickle)
+    if missing:
+        raise ModelSourceError(f"The T5 encoder folder {folder} lacks {', '.join(missing)}.")
     return folder
+
+
+def _missing_t5_files(folder: Path, allow_pickle: bool) -> list[str]:
+    """What a T5 encoder folder lacks: its config, and one weights file or every shard its index lists."""
+    missing = missing_files(folder, ["config.json"])
+    stems = ["model.safetensors"] + (["pytorch_model.bin"] if allow_pickle else [])
+    incomplete = []
+    for stem in stems:
+        if (folder / stem).is_file():
+            return missing
+        index = folder / f"{stem}.index.json"
+        if index.is_file():
+            shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
+            lacking = [name for name in shards if not (folder / name).is_file()]
+            if not lacking:
+                return missing
+            incomplete.extend(lacking)
+    return missing + (incomplete or [" or ".join(f"{stem} (or its shards)" for stem in stems)])
 
 
 def _has_t5_tokenizer(folder: Path) -> bool:
@@ -510,9 +589,8 @@ def _load_t5_tokenizer(folder: Path, cache_dir: str | Path | None) -> tuple[T5To
         ["spiece.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"],
         "T5 tokenizer",
         cache_dir,
+        lambda fetched: missing_files(fetched, [("tokenizer.json", "spiece.model")]),
     )
-    if not _has_t5_tokenizer(fetched):
-        raise ModelSourceError(f"Neither {folder} nor {T5_TOKENIZER_SOURCE} has a T5 tokenizer.")
     return T5Tokenizer.from_pretrained(fetched), str(T5_TOKENIZER_SOURCE)
 
 

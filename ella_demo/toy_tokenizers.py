@@ -37,7 +37,9 @@ def build_clip_tokenizer() -> CLIPTokenizer:
     """A byte-level BPE tokenizer with every byte as a token and the word list merged in."""
     bos, eos = "<|startoftext|>", "<|endoftext|>"
     vocab: dict[str, int] = {bos: 0, eos: 1}
-    for symbol in pre_tokenizers.ByteLevel.alphabet():
+    # `alphabet()` returns a Rust hash set whose order changes from process to process; sorted, the
+    # ids are the same in every process (and follow the real CLIP vocabulary's byte order).
+    for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
         for token in (symbol, symbol + "</w>"):
             vocab.setdefault(token, len(vocab))
     merges: list[tuple[str, str]] = []

@@ -13,14 +13,13 @@ from tests_support import free_port
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-MANIFEST = REPO_ROOT.parent / "shared" / "reference" / "ella_sd15_keys.tsv"
+# The released connector checkpoint's tensor names and shapes, one "name<TAB>[shape]" a line.
+MANIFEST = Path(__file__).resolve().parent / "data" / "ella_sd15_keys.tsv"
 
 
 @pytest.fixture(scope="session")
 def manifest() -> dict[str, tuple[int, ...]]:
-    """The released checkpoint's tensor names and shapes (shared/reference/ella_sd15_keys.tsv)."""
-    assert MANIFEST.is_file(), f"The state-dict manifest is missing: expected it at {MANIFEST}"
+    """The released checkpoint's tensor names and shapes (tests/data/ella_sd15_keys.tsv)."""
     entries = {}
     for line in MANIFEST.read_text().splitlines():
         name, shape = line.split("\t")

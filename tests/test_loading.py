@@ -17,9 +17,10 @@ from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PNDMScheduler,
 from ldm_layout import to_ldm_state_dict
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-from ella_demo import ELLA, load_models
+from ella_demo import ELLA, load_models, loading
 from ella_demo.config import ELLA_FILENAME, SD15_REPO, T5_SUBFOLDER
-from ella_demo.devices import DeviceError, choose_placement
+from ella_demo.devices import DeviceError, Placement, choose_placement
+from ella_demo.errors import InputError
 from ella_demo.loading import (
     ModelSourceError,
     _read_weightless_configs,
@@ -57,6 +58,38 @@ def test_tiny_preset_is_deterministic_and_labelled_as_random(tiny):
     assert tiny.random_weights and tiny.preset == "tiny"
     other_seed = load_models("tiny", device="cpu", seed=1)
     assert not same_weights(other_seed.ella, tiny.ella)
+
+
+FRESH_PROCESS_RUN = """
+import hashlib, json
+import numpy as np
+import ella_demo
+models = ella_demo.load_models("tiny", device="cpu")
+result = ella_demo.generate(models, "a red cat", seed=1, num_inference_steps=2, height=32, width=32)
+pixels = np.concatenate([result.clip_pixels, result.ella_pixels]).tobytes()
+vocab = json.dumps([models.pipe.tokenizer.get_vocab(), models.t5_tokenizer.get_vocab()], sort_keys=True)
+print(hashlib.sha256(pixels).hexdigest(), hashlib.sha256(vocab.encode()).hexdigest())
+"""
+
+
+def test_tiny_preset_gives_the_same_images_in_every_process():
+    """Same seed, same images in a fresh process, whatever the process's hash seeds."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    outputs = []
+    for hash_seed in ("0", "1", "2"):
+        result = subprocess.run(
+            [sys.executable, "-c", FRESH_PROCESS_RUN],
+            cwd=REPO_ROOT,
+            env={**env, "PYTHONHASHSEED": hash_seed},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+        outputs.append(result.stdout.split())
+    pixels, vocabularies = zip(*outputs, strict=True)
+    assert len(set(vocabularies)) == 1, "the toy tokenizers' vocabularies differ between processes"
+    assert len(set(pixels)) == 1, "the same seed gave different images in different processes"
 
 
 def test_tiny_preset_parts_fit_together(tiny):
@@ -120,9 +153,9 @@ def test_random_sd15_preset_builds_and_runs_one_tsc_step():
 
 
 def test_unknown_preset_and_overrides_on_weightless_presets_are_rejected():
-    with pytest.raises(ValueError, match="Unknown preset 'sd21'"):
+    with pytest.raises(InputError, match="preset must be one of sd15, tiny, random-sd15, got 'sd21'"):
         load_models("sd21")
-    with pytest.raises(ValueError, match="Preset tiny builds its own weights; drop ella"):
+    with pytest.raises(InputError, match="ella is for preset sd15 only: preset tiny builds its own weights"):
         load_models("tiny", ella="QQGYLab/ELLA")
 
 
@@ -193,6 +226,80 @@ def test_default_hub_ids_resolve_through_the_local_hub_cache(tiny, hub_layout, t
     assert loaded.sources["ella"] == f"QQGYLab/ELLA/{ELLA_FILENAME}"
     assert loaded.sources["t5"] == f"QQGYLab/ELLA/{T5_SUBFOLDER}"
     assert_same_models(loaded, tiny)
+
+
+class FakeHub:
+    """Stands in for `snapshot_download` in loading.py: the real call for the local cache, and for
+    the online attempt a record of the call and a complete folder, as a finished download gives."""
+
+    def __init__(self, monkeypatch, online_folders: dict[str, Path]):
+        self.online_folders = online_folders
+        self.online_calls: list[tuple[str, list[str]]] = []
+        self.real = loading.snapshot_download
+        monkeypatch.setattr(loading, "snapshot_download", self)
+
+    def __call__(self, repo_id, *, allow_patterns, local_files_only, **options):
+        if local_files_only:
+            return self.real(repo_id, allow_patterns=allow_patterns, local_files_only=True, **options)
+        self.online_calls.append((repo_id, list(allow_patterns)))
+        return str(self.online_folders[repo_id])
+
+    def online_repos(self) -> set[str]:
+        return {repo_id for repo_id, _ in self.online_calls}
+
+
+def test_a_partly_cached_download_is_completed_from_the_hub(tiny, hub_layout, tmp_path, monkeypatch):
+    """A cache with the configs but no weights (an interrupted download) is not enough: go online."""
+    partial_sd15, partial_ella = tmp_path / "partial_sd15", tmp_path / "partial_ella"
+    shutil.copytree(hub_layout["sd15"], partial_sd15, ignore=shutil.ignore_patterns("*.safetensors"))
+    shutil.copytree(hub_layout["ella_repo"], partial_ella, ignore=shutil.ignore_patterns("model.safetensors"))
+    make_hub_cache(tmp_path / "cache", SD15_REPO, partial_sd15)
+    make_hub_cache(tmp_path / "cache", "QQGYLab/ELLA", partial_ella)
+    hub = FakeHub(monkeypatch, {SD15_REPO: hub_layout["sd15"], "QQGYLab/ELLA": hub_layout["ella_repo"]})
+    loaded = load_models("sd15", device="cpu", cache_dir=tmp_path / "cache")
+    assert hub.online_repos() == {SD15_REPO, "QQGYLab/ELLA"}
+    # Only the T5 encoder went online from the ELLA repo: the connector file was in the cache.
+    assert [patterns for repo, patterns in hub.online_calls if repo == "QQGYLab/ELLA"] == [
+        [f"{T5_SUBFOLDER}/{pattern}" for pattern in ("*.json", "*.safetensors", "spiece.model")]
+    ]
+    assert_same_models(loaded, tiny)
+
+
+def test_a_complete_cache_needs_no_hub(tiny, hub_layout, tmp_path, monkeypatch):
+    make_hub_cache(tmp_path, SD15_REPO, hub_layout["sd15"])
+    make_hub_cache(tmp_path, "QQGYLab/ELLA", hub_layout["ella_repo"])
+    hub = FakeHub(monkeypatch, {})
+    load_models("sd15", device="cpu", cache_dir=tmp_path)
+    assert hub.online_calls == []
+
+
+def test_fp16_placement_wants_the_fp16_weight_files(hub_layout, tmp_path, monkeypatch):
+    """A cache of fp32 weights does not serve an fp16 run, which downloads the fp16 variant files."""
+    make_hub_cache(tmp_path / "cache", SD15_REPO, hub_layout["sd15"])
+    fp16_copy = tmp_path / "fp16"
+    shutil.copytree(hub_layout["sd15"], fp16_copy)
+    for weights in list(fp16_copy.glob("*/*.safetensors")):
+        weights.rename(weights.with_suffix(".fp16.safetensors"))
+    hub = FakeHub(monkeypatch, {SD15_REPO: fp16_copy})
+    fp16 = Placement(torch.device("cpu"), torch.float16, torch.float16)
+    folder = loading._resolve_sd_folder(loading.DEFAULT_SOURCES["sd15"], fp16, False, tmp_path / "cache")
+    assert folder == fp16_copy
+    assert "unet/diffusion_pytorch_model.fp16.safetensors" in hub.online_calls[0][1]
+    # fp32 runs are served by the cache as it is.
+    fp32 = Placement(torch.device("cpu"), torch.float32, torch.float32)
+    folder = loading._resolve_sd_folder(loading.DEFAULT_SOURCES["sd15"], fp32, False, tmp_path / "cache")
+    assert folder.parent.name == "snapshots" and len(hub.online_calls) == 1
+
+
+def test_a_partial_cache_offline_names_the_missing_weights(hub_layout, tmp_path):
+    partial_sd15 = tmp_path / "partial_sd15"
+    shutil.copytree(hub_layout["sd15"], partial_sd15, ignore=shutil.ignore_patterns("diffusion_pytorch_model*"))
+    make_hub_cache(tmp_path / "cache", SD15_REPO, partial_sd15)
+    with pytest.raises(ModelSourceError) as raised:
+        loading._resolve_sd_folder(loading.DEFAULT_SOURCES["sd15"], choose_placement("cpu"), False, tmp_path / "cache")
+    message = str(raised.value)
+    assert "lacks unet/diffusion_pytorch_model.safetensors, vae/diffusion_pytorch_model.safetensors" in message
+    assert "has no unet weights" not in message
 
 
 def test_hub_id_overrides_resolve_through_the_cache(tiny, hub_layout, tmp_path):
@@ -304,6 +411,31 @@ def test_pickle_checkpoints_are_refused_unless_allowed(hub_layout, tmp_path):
     with pytest.raises(ModelSourceError, match="--allow-pickle"):
         load_models(
             "sd15", sd15=str(checkpoint), ella=str(hub_layout["ella_file"]), t5=str(hub_layout["t5"]), device="cpu"
+        )
+
+
+def test_allow_pickle_still_reads_safetensors_folders(tiny, hub_layout):
+    """--allow-pickle adds .bin files to what may be read; it must not stop safetensors being read."""
+    loaded = load_models(
+        "sd15",
+        sd15=str(hub_layout["sd15"]),
+        ella=str(hub_layout["ella_file"]),
+        t5=str(hub_layout["t5"]),
+        device="cpu",
+        allow_pickle=True,
+    )
+    assert same_weights(loaded.pipe.unet, tiny.pipe.unet) and same_weights(loaded.t5, tiny.t5)
+
+
+def test_local_t5_folder_with_a_missing_shard_is_named(hub_layout, tmp_path):
+    sharded = tmp_path / "t5"
+    shutil.copytree(hub_layout["t5"], sharded)
+    (sharded / "model.safetensors").rename(sharded / "model-00001-of-00002.safetensors")
+    weight_map = {"shared.weight": "model-00001-of-00002.safetensors", "final": "model-00002-of-00002.safetensors"}
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(ModelSourceError, match=r"t5 lacks model-00002-of-00002\.safetensors"):
+        load_models(
+            "sd15", sd15=str(hub_layout["sd15"]), ella=str(hub_layout["ella_file"]), t5=str(sharded), device="cpu"
         )
 
 
