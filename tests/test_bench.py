@@ -1,0 +1,116 @@
+"""The benchmark: cold and warm figures that mean what they say, and the trace-size measurement's shapes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+
+from ella_demo import bench, generate, load_models
+from ella_demo.cli import main
+from ella_demo.loading import package_config_dir
+
+SMALL = {"steps": 2, "height": 32, "width": 32, "repeats": 1}
+SIDES = ("clip", "ella", "side_by_side")
+
+
+@pytest.fixture(scope="module")
+def models():
+    """A private tiny preset: the benchmark clears and fills its caches."""
+    return load_models("tiny", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def report(models):
+    return bench.run_benchmark(models, **SMALL)
+
+
+def test_report_has_cold_and_warm_figures_and_both_ratios(report):
+    for side in SIDES:
+        for state in ("cold", "warm"):
+            assert report[f"{side}_{state}_s"] > 0, (side, state)
+    for key in ("diffusers_clip_s", "sequential_s", "traced_side_by_side_s", "t5_encode_s", "peak_memory_mb"):
+        assert report[key] > 0, key
+    assert report["t5_cached_s"] >= 0
+    ratios = report["ratios"]
+    assert ratios["ella_over_clip_cold"] == pytest.approx(report["ella_cold_s"] / report["clip_cold_s"])
+    assert ratios["ella_over_clip_warm"] == pytest.approx(report["ella_warm_s"] / report["clip_warm_s"])
+    assert ratios["trace_overhead"] == pytest.approx(report["traced_side_by_side_s"] / report["side_by_side_warm_s"])
+    assert all(value > 0 for value in ratios.values())
+
+
+def test_cold_runs_encode_and_warm_runs_do_not(report):
+    misses = report["cache_misses"]
+    steps = SMALL["steps"]
+    # A cold run encodes the prompt and the empty negative prompt with each encoder it uses, and runs
+    # the connector on the negative prompt once per step.
+    assert misses["clip_cold"] == {"t5": 0, "clip": 2, "connector": 0}
+    assert misses["ella_cold"] == {"t5": 2, "clip": 0, "connector": steps}
+    assert misses["side_by_side_cold"] == {"t5": 2, "clip": 2, "connector": steps}
+    for name in ("clip_warm", "ella_warm", "side_by_side_warm", "sequential", "traced_side_by_side"):
+        assert misses[name] == {"t5": 0, "clip": 0, "connector": 0}, name
+
+
+def test_clear_caches_makes_the_next_run_encode_again(models):
+    prompt = "a red cat on a blue chair"
+    options = {"num_inference_steps": 2, "height": 32, "width": 32}
+    generate(models, prompt, **options)
+    bench.clear_caches(models)
+    assert bench.cache_misses(models) == {"t5": 0, "clip": 0, "connector": 0}
+    generate(models, prompt, **options)
+    assert bench.cache_misses(models) == {"t5": 2, "clip": 2, "connector": 2}
+    generate(models, prompt, **options)
+    assert bench.cache_misses(models) == {"t5": 2, "clip": 2, "connector": 2}
+
+
+def test_table_shows_cold_and_warm_side_by_side(report):
+    table = bench.format_table(report)
+    header = next(line for line in table.splitlines() if line.startswith("seconds"))
+    assert header.split() == ["seconds", "cold", "warm"]
+    for label in (*SIDES, "ella / clip", "diffusers_clip_s", "trace_overhead", "cache misses"):
+        assert label in table, label
+
+
+def attn2_layers(unet: UNet2DConditionModel) -> list[str]:
+    return [name for name, _ in unet.named_modules() if name.endswith("attn2")]
+
+
+def test_trace_geometry_has_sd15_layout():
+    models = bench.sd15_trace_geometry()
+    config = json.loads((package_config_dir("sd15") / "unet" / "config.json").read_text())
+    with torch.device("meta"):
+        sd15_unet = UNet2DConditionModel.from_config(config)
+    assert attn2_layers(models.pipe.unet) == attn2_layers(sd15_unet)
+    assert len(attn2_layers(sd15_unet)) == 16
+    slim = models.pipe.unet.config
+    for key in ("down_block_types", "up_block_types", "layers_per_block", "cross_attention_dim", "sample_size"):
+        assert slim[key] == sd15_unet.config[key], key
+    ella = models.ella.config
+    assert (ella.layers, ella.heads, ella.num_latents) == (6, 8, 64)
+
+
+def test_trace_size_has_sd15_shapes_at_512(tmp_path):
+    report = bench.measure_trace_size(steps=(2,))
+    (run,) = report["runs"]
+    shapes = {name: tuple(info["shape"]) for name, info in run["arrays"].items()}
+    length = run["t5_tokens"]
+    assert shapes["tsc_attention"] == (2, 6, 8, 64, 64 + length)
+    for side, keys in (("clip", 77), ("ella", 64)):
+        assert shapes[f"{side}_cross_attention_64x64_pooled"] == (2, 32, 32, keys)
+        assert shapes[f"{side}_cross_attention_32x32"] == (2, 32, 32, keys)
+        assert shapes[f"{side}_cross_attention_16x16"] == (2, 16, 16, keys)
+        assert shapes[f"{side}_cross_attention_8x8"] == (2, 8, 8, keys)
+        assert shapes[f"{side}_previews"] == (2, 1, 64, 64, 3)
+        assert shapes[f"{side}_keys"] == (keys,)
+        assert run["arrays"][f"{side}_cross_attention_32x32"]["dtype"] == "float16"
+    assert run["memory_bytes"] == sum(info["bytes"] for info in run["arrays"].values())
+    assert run["memory_bytes"] == sum(run["group_bytes"].values())
+    assert 0 < run["npz_bytes"] <= run["npz_uncompressed_bytes"]
+    assert "tsc" in bench.format_trace_sizes(report)
+
+
+def test_trace_size_command_refuses_model_choices(capsys):
+    assert main(["bench", "--trace-size", "--preset", "random-sd15", "--device", "cpu"]) == 2
+    assert "--trace-size builds its own models" in capsys.readouterr().err
