@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import subprocess
 import sys
+import zipfile
+from importlib import resources
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -61,3 +65,53 @@ def test_app_reports_bad_choices_as_an_error_message():
     )
     assert result.returncode == 2
     assert "error: dtype fp16 is not supported on cpu" in result.stderr
+
+
+def test_a_wheel_holds_the_package_data(tmp_path):
+    """`pip install .` keeps what the package reads at run time: configs, vocabulary, example prompts."""
+    # Built from a copy of what the build reads: setuptools writes build/ and *.egg-info/ beside it.
+    source = tmp_path / "source"
+    shutil.copytree(REPO_ROOT / "ella_demo", source / "ella_demo", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO_ROOT / name, source / name)
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+         "-w", str(tmp_path / "dist"), str(source)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    [wheel] = (tmp_path / "dist").glob("ella_explorer-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for expected in (
+        "ella_demo/example_prompts.json",
+        "ella_demo/vocabulary.txt",
+        "ella_demo/configs/sd15/unet/config.json",
+        "ella_demo/configs/sd15/scheduler/scheduler_config.json",
+        "ella_demo/configs/tiny/ella.json",
+        "ella_demo/configs/flan_t5_xl_encoder/config.json",
+    ):
+        assert expected in names, expected
+    shipped = {name.removeprefix("ella_demo/") for name in names if name.startswith("ella_demo/configs/")}
+    in_repo = {
+        str(path.relative_to(REPO_ROOT / "ella_demo")) for path in (REPO_ROOT / "ella_demo" / "configs").rglob("*.json")
+    }
+    assert shipped == in_repo
+
+
+def test_the_example_prompts_are_read_from_the_package():
+    from ella_demo import ui
+
+    shipped = json.loads(resources.files("ella_demo").joinpath("example_prompts.json").read_text(encoding="utf-8"))
+    assert ui.example_prompts() == [entry["prompt"] for entry in shipped]
+
+
+def test_tests_and_package_need_nothing_outside_the_repository():
+    """A user's clone has no shared folder beside it and no design notes: nothing may read or cite them."""
+    outside = ("../shared", "shared/", '"shared" /', "DESIGN.md")
+    for folder in ("ella_demo", "tests"):
+        for path in (REPO_ROOT / folder).rglob("*.py"):
+            if path == Path(__file__).resolve():
+                continue
+            text = path.read_text(encoding="utf-8")
+            for name in outside:
+                assert name not in text, f"{path.relative_to(REPO_ROOT)} mentions {name}"
