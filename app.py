@@ -11,7 +11,15 @@ import sys
 import time
 from pathlib import Path
 
-from ella_demo.cli import USER_ERRORS, add_model_arguments, load_from_args
+from ella_demo.cli import USER_ERRORS, add_model_arguments, describe_error, load_from_args
+from ella_demo.ui import ServingLimits, build_app, launch_app
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text}")
+    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -21,7 +29,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     serving.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     serving.add_argument("--port", type=int, default=7860)
     serving.add_argument("--share", action="store_true", help="also open a public Gradio share link")
-    serving.add_argument("--concurrency", type=int, default=1, help="generations run at once (one GPU job by default)")
+    serving.add_argument(
+        "--concurrency", type=positive_int, default=1, help="model runs at once (one GPU job by default)"
+    )
+    serving.add_argument(
+        "--max-pixel-steps",
+        type=positive_int,
+        default=ServingLimits.max_pixel_steps,
+        help="largest traced work per generation, width x height x steps x images (default: 512x512, 50 steps, 4)",
+    )
+    serving.add_argument("--max-queue", type=positive_int, default=ServingLimits.max_queue, help="requests waiting")
+    serving.add_argument(
+        "--max-sessions",
+        type=positive_int,
+        default=ServingLimits.max_sessions,
+        help="browser sessions whose runs are kept in memory (least recently used dropped)",
+    )
     serving.add_argument("--dpg-results", type=Path, help="a DPG-Bench results folder to browse in the app")
     serving.add_argument("--check", action="store_true", help="load the models, report them, and exit")
     return parser.parse_args(argv)
@@ -34,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         models = load_from_args(args)
     except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {describe_error(error)}", file=sys.stderr)
         return 2
     print(f"Loaded preset {models.preset} on {models.placement.describe()} in {time.perf_counter() - started:.1f} s")
     for part, source in models.sources.items():
@@ -43,17 +66,17 @@ def main(argv: list[str] | None = None) -> int:
         print("  Random weights: images from this preset are noise, not model output.")
     if args.check:
         return 0
-    from ella_demo.ui import build_app, launch_app
-
     if args.dpg_results is not None and not args.dpg_results.is_dir():
         print(f"error: --dpg-results {args.dpg_results} is not a folder", file=sys.stderr)
         return 2
-    app = build_app(models, dpg_results=args.dpg_results)
-    # Gradio serves only files under allowed paths: the results folder's grids must be among them.
-    allowed = [str(args.dpg_results.resolve())] if args.dpg_results else None
-    launch_app(
-        app, host=args.host, port=args.port, share=args.share, concurrency=args.concurrency, allowed_paths=allowed
+    limits = ServingLimits(
+        concurrency=args.concurrency,
+        max_pixel_steps=args.max_pixel_steps,
+        max_queue=args.max_queue,
+        max_sessions=args.max_sessions,
     )
+    app = build_app(models, dpg_results=args.dpg_results, limits=limits)
+    launch_app(app, host=args.host, port=args.port, share=args.share, limits=limits)
     return 0
 
 

@@ -28,8 +28,18 @@ def package_versions() -> dict[str, str]:
     return {name: metadata.version(name) for name in VERSIONED_PACKAGES}
 
 
+def one_line(text: str) -> str:
+    """Text with every line break (\\n, \\r, and Unicode's separators) turned into a space."""
+    return " ".join(text.splitlines())
+
+
 def parameters_text(result: GenerationResult, side: str, models: LoadedModels) -> str:
-    """The settings as the `parameters` PNG text chunk other SD tools write and read."""
+    """The settings as the `parameters` PNG text chunk other SD tools write and read.
+
+    That format is line-based (prompt, then "Negative prompt: ...", then the "Steps: ..." line),
+    so the prompts are written on one line each: a prompt holding a line break and "Steps:" could
+    otherwise pose as the settings line. The exact prompts are in the `ella_explorer` chunk.
+    """
     settings = result.settings
     model = "SD1.5 + CLIP" if side == "clip" else f"SD1.5 + ELLA ({settings.mode}, T5 {settings.t5_length})"
     if models.random_weights:
@@ -42,7 +52,7 @@ def parameters_text(result: GenerationResult, side: str, models: LoadedModels) -
         f"Size: {settings.width}x{settings.height}",
         f"Model: {model}",
     ]
-    return f"{settings.prompt}\nNegative prompt: {settings.negative_prompt}\n{', '.join(fields)}"
+    return f"{one_line(settings.prompt)}\nNegative prompt: {one_line(settings.negative_prompt)}\n{', '.join(fields)}"
 
 
 def image_grid(images: list[Image.Image]) -> Image.Image:
@@ -56,9 +66,11 @@ def image_grid(images: list[Image.Image]) -> Image.Image:
     return grid
 
 
-def save_png(image: Image.Image, path: Path, parameters: str) -> None:
+def save_png(image: Image.Image, path: Path, parameters: str, settings: dict) -> None:
+    """PNG with the `parameters` text chunk and, as JSON, the exact settings (`ella_explorer`)."""
     info = PngInfo()
     info.add_text("parameters", parameters)
+    info.add_itxt("ella_explorer", json.dumps(settings, ensure_ascii=False))
     image.save(path, pnginfo=info)
 
 
@@ -76,14 +88,8 @@ def run_metadata(result: GenerationResult, models: LoadedModels) -> dict:
         "warnings": result.warnings,
         "versions": package_versions(),
     }
-    t5 = models.t5_encoder.encode(result.settings.prompt, result.settings.t5_length)
-    clip = models.clip_encoder.encode(result.settings.prompt)
-    meta["tokens"] = {
-        "t5": list(t5.tokens),
-        "t5_words": [[word.text, list(word.token_indices)] for word in t5.words],
-        "clip": list(clip.tokens),
-        "clip_words": [[word.text, list(word.token_indices)] for word in clip.words],
-    }
+    meta["seeding"] = result.seeding
+    meta["tokens"] = result.tokens  # as the run encoded them: writing never runs a model
     if trace is not None:
         meta["trace_arrays"] = sorted(trace_arrays(result).keys())
     return meta
@@ -98,6 +104,11 @@ def trace_arrays(result: GenerationResult) -> dict[str, np.ndarray]:
         arrays["t5_tokens"] = np.array(trace.t5_tokens)
     if trace.clip_tokens:
         arrays["clip_tokens"] = np.array(trace.clip_tokens)
+    arrays["prompt"] = np.array(trace.prompt)
+    for name in ("t5", "clip"):
+        offsets = getattr(trace, f"{name}_offsets")
+        if offsets:
+            arrays[f"{name}_offsets"] = np.array(offsets, dtype=np.int32).reshape(-1, 2)
     for side, side_trace in trace.sides.items():
         arrays[f"{side}_previews"] = side_trace.previews
         arrays[f"{side}_keys"] = np.array(side_trace.tokens)
@@ -115,7 +126,7 @@ def write_run(result: GenerationResult, models: LoadedModels, out_dir: str | Pat
     for side, images in (("clip", result.clip_images), ("ella", result.ella_images)):
         if images:
             path = out / f"{side}.png"
-            save_png(image_grid(images), path, parameters_text(result, side, models))
+            save_png(image_grid(images), path, parameters_text(result, side, models), result.settings.to_dict())
             written.append(path)
     meta_path = out / "meta.json"
     meta_path.write_text(json.dumps(run_metadata(result, models), indent=2))

@@ -7,12 +7,20 @@ put them on ZeroGPU); every other control re-renders from the session's cached t
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
+import logging
+import math
 import random
 import shutil
 import tempfile
+import threading
 import zipfile
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -21,6 +29,7 @@ import torch
 
 from . import analysis, figures
 from .engine import generate
+from .errors import ExplorerError, GenerationCancelledError, InputError
 from .loading import LoadedModels
 from .outputs import write_run
 from .probe import probe
@@ -33,11 +42,15 @@ from .settings import (
     MODES,
     SCHEDULER_NAMES,
     SEED_RANGE,
+    SEEDINGS,
     SIZE_RANGE,
     STEPS_RANGE,
     SettingsError,
 )
+from .text_encoders import FLEXIBLE
 from .views import WINDOW_CHOICES, RunViews, parse_aggregation
+
+LOGGER = logging.getLogger(__name__)
 
 ABOUT = """
 ## How ELLA works
@@ -72,26 +85,199 @@ Weights: [QQGYLab/ELLA](https://huggingface.co/QQGYLab/ELLA) and
 
 
 SESSION_TTL_S = 3600
+MODEL_WORK = "model-work"  # the one concurrency group of every handler that runs a model
+VIEW_CONCURRENCY = 4  # re-rendering from a cached trace: no model work, never queued behind it
+EXPORTS_KEPT = 16  # GIF/zip folders kept on disk; Gradio has copied older ones to its cache
+INTERNAL_ERROR = (
+    "Internal error: this is a bug in ELLA Explorer, not a problem with your input. "
+    "It was logged on the server; try again, or report it."
+)
+OUT_OF_MEMORY = "The GPU ran out of memory for this request: try fewer images, fewer steps or a smaller size."
+# The app's names for the generation settings, so that messages name the control the user sees.
+FIELD_LABELS = {
+    "prompt": "Prompt",
+    "negative_prompt": "Negative prompt",
+    "seed": "Seed",
+    "num_inference_steps": "Steps",
+    "guidance_scale": "Guidance scale",
+    "width": "Width",
+    "height": "Height",
+    "scheduler": "Scheduler",
+    "num_images": "Images per side",
+    "mode": "ELLA mode",
+    "t5_length": "T5 length",
+    "seeding": "Seeding",
+}
+
+
+@dataclass(frozen=True)
+class ServingLimits:
+    """What one app instance allows, so a busy or hostile public Space stays bounded.
+
+    concurrency: model runs at once (one GPU job by default). max_pixel_steps: the traced work one
+    generation may ask for, width x height x steps x images (default: 512x512, 50 steps, 4 images).
+    max_queue: requests waiting at most. max_sessions: browser sessions whose traces are kept
+    (least recently used ones are dropped beyond it). max_file_size: largest upload Gradio accepts.
+    """
+
+    concurrency: int = 1
+    max_pixel_steps: int = 512 * 512 * 50 * 4
+    max_queue: int = 32
+    max_sessions: int = 32
+    max_file_size: str = "5mb"
+
+
+class RequestTooLargeError(ExplorerError):
+    """A generation asks for more traced work than this app allows."""
+
+
+def _reported(handler: Callable) -> Callable:
+    """Show the project's own errors as they are; log anything else as the bug it is.
+
+    Every handler the browser can reach goes through this, so a user never sees a bare "Error":
+    their mistakes come back with the message that says what to change (fields under their UI
+    labels), and internal failures come back as a short generic message with the traceback logged.
+    """
+
+    @functools.wraps(handler)
+    def checked(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except gr.Error:
+            raise
+        except InputError as error:
+            raise gr.Error(error.named(FIELD_LABELS)) from error
+        except ExplorerError as error:
+            raise gr.Error(str(error)) from error
+        except torch.cuda.OutOfMemoryError as error:
+            torch.cuda.empty_cache()
+            raise gr.Error(OUT_OF_MEMORY) from error
+        except Exception as error:
+            LOGGER.exception("internal error in %s", getattr(handler, "__name__", handler))
+            raise gr.Error(INTERNAL_ERROR) from error
+
+    return checked
+
+
+def _whole_number(field: str, value) -> int:
+    """An API value that must be a whole number: 25 and 25.0 pass; 2.5, NaN, "25" and True are refused."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value != int(value):
+        raise SettingsError(field, f"must be a whole number, got {value!r}.")
+    return int(value)
+
+
+def _number(field: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SettingsError(field, f"must be a number, got {value!r}.")
+    return float(value)
+
+
+def _text(field: str, value) -> str:
+    """Text from the API; a missing value (None) is the empty text."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise SettingsError(field, f"must be text, got {type(value).__name__}.")
+    return value
+
+
+def _t5_length(value) -> int | str:
+    if value == FLEXIBLE:
+        return FLEXIBLE
+    if isinstance(value, str) and value.isdecimal():
+        return int(value)
+    return _whole_number("t5_length", value)
+
+
+class RunRegistry:
+    """The runs in progress, per browser session, so Stop (or a closed page) can end them between steps.
+
+    A run is known by an integer token, which is all the GPU handler receives: on ZeroGPU its
+    arguments are pickled into a worker process, and a token pickles where a lock or event does not.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._tokens = itertools.count()
+        self._sessions: dict[int, str] = {}  # running token -> its session
+        self._stopped: set[int] = set()
+
+    @contextmanager
+    def running(self, session: str) -> Iterator[int]:
+        """A token for one run of `session`, forgotten when the run ends."""
+        with self._lock:
+            token = next(self._tokens)
+            self._sessions[token] = session
+        try:
+            yield token
+        finally:
+            with self._lock:
+                self._sessions.pop(token, None)
+                self._stopped.discard(token)
+
+    def stop(self, session: str) -> int:
+        """Ask every run of `session` to stop after its current step; returns how many were running."""
+        with self._lock:
+            tokens = [token for token, owner in self._sessions.items() if owner == session]
+            self._stopped.update(tokens)
+        return len(tokens)
+
+    def is_stopped(self, token: int) -> bool:
+        with self._lock:
+            return token in self._stopped
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+
+class ExportFolders:
+    """Temporary folders for GIF and zip downloads; only the newest `kept` stay on disk.
+
+    Gradio copies a returned file into its own cache before the next request can reach here, so
+    older folders are no longer needed; `close` removes the rest when the app stops.
+    """
+
+    def __init__(self, kept: int = EXPORTS_KEPT):
+        self._root = Path(tempfile.mkdtemp(prefix="ella_explorer_exports_"))
+        self._folders: deque[Path] = deque()
+        self._kept = kept
+        self._lock = threading.Lock()
+
+    def new(self) -> Path:
+        folder = Path(tempfile.mkdtemp(dir=self._root))
+        with self._lock:
+            self._folders.append(folder)
+            while len(self._folders) > self._kept:
+                shutil.rmtree(self._folders.popleft(), ignore_errors=True)
+        return folder
+
+    def count(self) -> int:
+        return sum(1 for _ in self._root.iterdir()) if self._root.exists() else 0
+
+    def close(self) -> None:
+        shutil.rmtree(self._root, ignore_errors=True)
 
 
 def example_prompts() -> list[str]:
-    """The example prompts shipped in assets/example_prompts.json (written by us)."""
-    path = Path(str(resources.files("ella_demo"))).parent / "assets" / "example_prompts.json"
-    return [entry["prompt"] for entry in json.loads(path.read_text(encoding="utf-8"))]
-
-
-def _user_error(error: Exception) -> gr.Error:
-    if isinstance(error, torch.cuda.OutOfMemoryError):
-        torch.cuda.empty_cache()
-        return gr.Error("The GPU ran out of memory for this request: try fewer images, fewer steps or a smaller size.")
-    return gr.Error(str(error))
+    """The example prompts shipped in the package's example_prompts.json (written by us)."""
+    text = resources.files("ella_demo").joinpath("example_prompts.json").read_text(encoding="utf-8")
+    return [entry["prompt"] for entry in json.loads(text)]
 
 
 class ExplorerUI:
     """Handlers bound to one set of loaded models."""
 
-    def __init__(self, models: LoadedModels, gpu_wrapper: Callable = lambda function: function):
+    def __init__(
+        self,
+        models: LoadedModels,
+        gpu_wrapper: Callable = lambda function: function,
+        limits: ServingLimits = ServingLimits(),
+    ):
         self.models = models
+        self.limits = limits
+        self.runs = RunRegistry()
+        self.exports = ExportFolders()
         self._generate_on_device = gpu_wrapper(self._generate_on_device)
         self._probe_on_device = gpu_wrapper(self._probe_on_device)
 
@@ -109,14 +295,18 @@ class ExplorerUI:
 
     # --- model work --------------------------------------------------------------------------
 
-    def _generate_on_device(self, arguments: dict, progress: gr.Progress):
-        return generate(
-            self.models, trace=True, progress=lambda done, total: progress((done, total), unit="steps"), **arguments
-        )
+    def _generate_on_device(self, arguments: dict, run: int, progress: gr.Progress):
+        def after_step(done: int, total: int) -> None:
+            if self.runs.is_stopped(run):
+                raise GenerationCancelledError(done, total)
+            progress((done, total), unit="steps")
+
+        return generate(self.models, trace=True, progress=after_step, **arguments)
 
     def _probe_on_device(self, prompts: list[str], timesteps: int):
         return [probe(self.models, prompt, timesteps) for prompt in prompts]
 
+    @_reported
     def run_generate(
         self,
         prompt: str,
@@ -130,52 +320,61 @@ class ExplorerUI:
         num_images: float = 1,
         mode: str = "ella",
         t5_length: str = "flexible",
+        seeding: str = "cpu",
+        request: gr.Request = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio injects progress through this default
     ):
-        """Generate with both models; returns the images, the run notes and the first views."""
+        """Generate with both models; returns the images, the run notes and the first views.
+
+        Inputs arrive as the client sent them (the events skip Gradio's own preprocessing, which
+        rounds numbers silently and names no field); every one is checked here instead.
+        """
         arguments = {
-            "prompt": prompt or "",
-            "negative_prompt": negative_prompt or "",
-            "seed": int(seed),
-            "num_inference_steps": int(steps),
-            "guidance_scale": float(guidance_scale),
-            "width": int(width),
-            "height": int(height),
+            "prompt": _text("prompt", prompt),
+            "negative_prompt": _text("negative_prompt", negative_prompt),
+            "seed": _whole_number("seed", seed),
+            "num_inference_steps": _whole_number("num_inference_steps", steps),
+            "guidance_scale": _number("guidance_scale", guidance_scale),
+            "width": _whole_number("width", width),
+            "height": _whole_number("height", height),
             "scheduler": scheduler,
-            "num_images": int(num_images),
+            "num_images": _whole_number("num_images", num_images),
             "mode": mode,
-            "t5_length": t5_length if t5_length == "flexible" else int(t5_length),
+            "t5_length": _t5_length(t5_length),
+            "seeding": seeding,
         }
+        self._check_work(arguments)
+        session = request.session_hash if request is not None else ""
         try:
-            result = self._generate_on_device(arguments, progress)
-        except (SettingsError, ValueError, torch.cuda.OutOfMemoryError) as error:
-            raise _user_error(error) from error
+            with self.runs.running(session) as run:
+                result = self._generate_on_device(arguments, run, progress)
+        except GenerationCancelledError as stopped:
+            return (*[gr.skip()] * 3, f"⏹️ {stopped}", *[gr.skip()] * 10)
         for note in result.warnings:
             gr.Warning(note)
         views = RunViews(result)
         last = views.steps - 1
-        words = views.word_choices()
-        word = views.default_word()
-        aggregation = analysis.Aggregation()
         clip_preview, ella_preview = views.previews(last)
+        notes = self._run_notes(result)
         if not views.has_words:
-            empty = (None, [], None, None, None)
             return (
                 *self._images(result),
-                self._run_notes(result) + "\n\nThe prompt is empty, so there are no words to analyse.",
+                notes + "\n\nThe prompt is empty, so there are no words to analyse.",
                 views,
                 gr.update(minimum=1, maximum=views.steps, value=views.steps, step=1),
                 gr.update(choices=[], value=None),
                 clip_preview,
                 ella_preview,
-                *empty,
+                *(None, [], None, None, None),
             )
+        word = views.default_word()
+        aggregation = analysis.Aggregation()
         return (
             *self._images(result),
-            self._run_notes(result),
+            notes,
             views,
             gr.update(minimum=1, maximum=views.steps, value=views.steps, step=1),
-            gr.update(choices=words, value=word),
+            gr.update(choices=views.word_choices(), value=word),
             clip_preview,
             ella_preview,
             views.query_heatmap(last, aggregation),
@@ -184,6 +383,21 @@ class ExplorerUI:
             views.token_time("paper", aggregation),
             views.share_curves(aggregation),
         )
+
+    def _check_work(self, arguments: dict) -> None:
+        """Refuse a generation whose traced work is over this app's cap, saying the cap."""
+        work = arguments["width"] * arguments["height"] * arguments["num_inference_steps"] * arguments["num_images"]
+        if work > self.limits.max_pixel_steps:
+            raise RequestTooLargeError(
+                f"This request asks for {arguments['width']}x{arguments['height']} pixels x "
+                f"{arguments['num_inference_steps']} steps x {arguments['num_images']} images = {work / 1e6:.1f} M "
+                f"pixel-steps; this app allows {self.limits.max_pixel_steps / 1e6:.1f} M per request "
+                "(--max-pixel-steps). Lower the size, the steps or the number of images."
+            )
+
+    def stop(self, request: gr.Request) -> None:
+        """Stop this browser session's runs after their current step (Stop button, closed page)."""
+        self.runs.stop(request.session_hash)
 
     @staticmethod
     def _images(result) -> tuple:
@@ -194,19 +408,21 @@ class ExplorerUI:
 
     def _run_notes(self, result) -> str:
         timings = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in result.timings.items())
-        lines = [f"**Seed used: {result.settings.seed}**. Timings: {timings}."]
+        lines = [f"**Seed used: {result.settings.seed}** ({result.seeding}). Timings: {timings}."]
         lines += [f"⚠️ {note}" for note in result.warnings]
         if result.random_weights:
             lines.append(f"⚠️ Random weights ({self.models.preset} preset): the images are noise.")
         return "\n\n".join(lines)
 
+    @_reported
     def run_probe(self, prompt: str, prompt2: str = "", timesteps: float = 50, normalisation: str = "paper"):
-        """Connector attention over a timestep grid for one or two prompts (no UNet)."""
-        prompts = [prompt or ""] + ([prompt2] if prompt2 else [])
-        try:
-            results = self._probe_on_device(prompts, int(timesteps))
-        except ValueError as error:
-            raise _user_error(error) from error
+        """Connector attention over a timestep grid for one or two prompts (no UNet); raw inputs, checked here."""
+        prompt, prompt2 = _text("Prompt", prompt), _text("Second prompt", prompt2)
+        count = _whole_number("Timesteps", timesteps)
+        self._choice("Normalisation", normalisation, tuple(analysis.NORMALISATIONS))
+        # An empty first prompt is probe()'s InputError naming the prompt; an empty second one means one prompt.
+        prompts = [prompt] + ([prompt2] if prompt2.strip() else [])
+        results = self._probe_on_device(prompts, count)
         maps = [analysis.token_time_map(r.attention, r.timesteps, r.words, normalisation) for r in results]
         first = figures.to_image(figures.token_time_figure(maps[0], f"ELLA connector: {prompts[0][:60]}"))
         shares, columns = analysis.word_shares(results[0].attention, results[0].words)
@@ -232,10 +448,33 @@ class ExplorerUI:
             raise gr.Error("Generate an image pair first: the views are drawn from its trace.")
         return views
 
+    @staticmethod
+    def _step_index(views: RunViews, step) -> int:
+        """The 0-based index of a 1-based step number from the scrubber."""
+        number = _whole_number("Step", step)
+        if not 1 <= number <= views.steps:
+            raise InputError("Step", f"must be from 1 to {views.steps} for this run, got {number}.")
+        return number - 1
+
+    def _aggregation(self, block, head) -> analysis.Aggregation:
+        config = self.models.ella.config
+        for name, value, count in (("Connector block", block, config.layers), ("Connector head", head, config.heads)):
+            allowed = ["mean", *map(str, range(count))]
+            if value not in allowed:
+                raise InputError(name, f"must be one of {', '.join(allowed)}, got {value!r}.")
+        return parse_aggregation(block, head)
+
+    @staticmethod
+    def _choice(name: str, value, allowed) -> None:
+        if value not in allowed:
+            raise InputError(name, f"must be one of {', '.join(map(str, allowed))}, got {value!r}.")
+
+    @_reported
     def on_step(self, views, step, block, head, word, window):
         views = self._require(views)
-        index = int(step) - 1
-        aggregation = parse_aggregation(block, head)
+        index = self._step_index(views, step)
+        aggregation = self._aggregation(block, head)
+        self._choice("Step window", window, WINDOW_CHOICES)
         clip_preview, ella_preview = views.previews(index)
         if not views.has_words:
             return clip_preview, ella_preview, None, [], None
@@ -248,45 +487,68 @@ class ExplorerUI:
             word_maps,
         )
 
+    @_reported
     def on_word(self, views, step, word, window, scale):
         views = self._require(views)
+        index = self._step_index(views, step)
+        self._choice("Step window", window, WINDOW_CHOICES)
+        self._choice("Colour scale", scale, ("shared", "per map"))
         if not word:
             return None
-        try:
-            return views.word_maps(word, window, int(step) - 1, scale == "shared")
-        except ValueError as error:
-            raise gr.Error(str(error)) from error
+        return views.word_maps(word, window, index, scale == "shared")
 
+    @_reported
     def on_time_controls(self, views, normalisation, block, head, pieces):
         views = self._require(views)
+        self._choice("Normalisation", normalisation, tuple(analysis.NORMALISATIONS))
+        self._choice("Show raw T5 pieces", pieces, (True, False))
+        aggregation = self._aggregation(block, head)
         if not views.has_words:
             return None, None
-        aggregation = parse_aggregation(block, head)
         return views.token_time(normalisation, aggregation, pieces), views.share_curves(aggregation)
 
+    @_reported
     def on_select(self, views, step, window, event: gr.SelectData):
         views = self._require(views)
-        x, y = event.index
-        return views.pixel_probe(x, y, window, int(step) - 1)
+        index = self._step_index(views, step)
+        self._choice("Step window", window, WINDOW_CHOICES)
+        position = event.index
+        width, height = views.result.clip_images[0].size
+        if (
+            not isinstance(position, list | tuple)
+            or len(position) != 2
+            or not all(isinstance(value, int | float) and not isinstance(value, bool) for value in position)
+            or not (0 <= position[0] < width and 0 <= position[1] < height)
+        ):
+            raise InputError(
+                "Pixel", f"must be an (x, y) position inside the {width}x{height} image, got {position!r}."
+            )
+        if not views.has_words:
+            return "The prompt is empty, so there are no words to rank."
+        return views.pixel_probe(position[0], position[1], window, index)
 
+    @_reported
     def animation(self, views, block, head):
         views = self._require(views)
-        aggregation = parse_aggregation(block, head)
+        aggregation = self._aggregation(block, head)
         trace = views.trace
+        if not views.has_words:
+            raise InputError("Prompt", "is empty, so the connector has no words to animate.")
         matrices = [
             analysis.query_word_matrix(trace.tsc_attention[s], trace.t5_words, aggregation)[0]
             for s in range(views.steps)
         ]
         shares, columns = analysis.word_shares(trace.tsc_attention, trace.t5_words, aggregation)
         frames = figures.animation_frames(matrices, shares, columns, trace.timesteps, max(m.max() for m in matrices))
-        path = Path(tempfile.mkdtemp(prefix="ella_anim_")) / "tsc_animation.gif"
+        path = self.exports.new() / "tsc_animation.gif"
         figures.save_gif(frames, path)
         return str(path)
 
+    @_reported
     def download(self, views):
         """A zip of the run: PNGs with settings, meta.json, trace.npz and every figure."""
         views = self._require(views)
-        folder = Path(tempfile.mkdtemp(prefix="ella_run_"))
+        folder = self.exports.new()
         run_dir = folder / "run"
         write_run(views.result, self.models, run_dir)
         write_trace_figures(views.result, run_dir / "figures")
@@ -321,14 +583,25 @@ def _dpg_tab(results: Path | None) -> None:
             "`python -m ella_demo dpg score --dpg-dir DPG --images OUT/ella --vqa blip --out OUT/ella/report.json`."
         )
         return
+    from PIL import Image
+
     items = list_items(results)
     gr.Markdown(f"Results folder: `{results}`, {len(items)} prompts. Tiles are numbered row by row.")
     item = gr.Dropdown(items, value=items[0] if items else None, label="Prompt (item id)", elem_id="dpg-item")
-    prompt = gr.Markdown()
+    # The Markdown holds text from the folder's files (escaped by dpg_browse): no LaTeX either.
+    prompt = gr.Markdown(latex_delimiters=[], elem_id="dpg-prompt")
     with gr.Row():
         clip_grid = gr.Image(label="SD1.5 + CLIP", format="png", interactive=False)
         ella_grid = gr.Image(label="SD1.5 + ELLA", format="png", interactive=False)
-    table = gr.Markdown(elem_id="dpg-answers")
+    table = gr.Markdown(latex_delimiters=[], elem_id="dpg-answers")
+
+    def load_grid(path: str | None) -> Image.Image | None:
+        # Images, not paths: Gradio serves a copy from its cache, and nothing under the results
+        # folder has to be an allowed path (which would expose every file in it).
+        if path is None:
+            return None
+        with Image.open(path) as grid:
+            return grid.convert("RGB")
 
     def show(item_id: str):
         if not item_id:
@@ -337,16 +610,23 @@ def _dpg_tab(results: Path | None) -> None:
             view = item_view(results, item_id)
         except ValueError as error:
             raise gr.Error(str(error)) from error
-        return f"**{item_id}**: {view['prompt']}", view["grids"].get("clip"), view["grids"].get("ella"), view["table"]
+        grids = view["grids"]
+        return view["prompt_markdown"], load_grid(grids.get("clip")), load_grid(grids.get("ella")), view["table"]
 
-    item.change(show, item, [prompt, clip_grid, ella_grid, table], api_name="dpg_item")
+    # On page load (the first item is shown at once) and whenever another item is picked.
+    gr.on(None, show, item, [prompt, clip_grid, ella_grid, table], api_name="dpg_item")
 
 
 def build_app(
-    models: LoadedModels, gpu_wrapper: Callable = lambda function: function, dpg_results: Path | None = None
+    models: LoadedModels,
+    gpu_wrapper: Callable = lambda function: function,
+    dpg_results: Path | None = None,
+    limits: ServingLimits = ServingLimits(),
 ) -> gr.Blocks:
-    """The Blocks app; launch it with `launch_app`."""
-    ui = ExplorerUI(models, gpu_wrapper)
+    """The Blocks app, queued within `limits`; launch it with `launch_app`."""
+    ui = ExplorerUI(models, gpu_wrapper, limits)
+    model_work = {"concurrency_id": MODEL_WORK, "concurrency_limit": limits.concurrency}
+    rendering = {"concurrency_limit": VIEW_CONCURRENCY, "api_name": False}
     low, high = ui.size_range
     default_size = 512 if models.preset != "tiny" else 256
     queries = models.ella.config.num_latents
@@ -375,7 +655,7 @@ def build_app(
                                 label="Seed", value=0, precision=0, minimum=SEED_RANGE[0], maximum=SEED_RANGE[1]
                             )
                             randomise = gr.Button("Random seed", size="sm")
-                        steps = gr.Slider(*STEPS_RANGE, value=DEFAULT_STEPS, step=1, label="Steps")
+                        steps = gr.Slider(*STEPS_RANGE, value=DEFAULT_STEPS, step=1, label="Steps", elem_id="steps")
                         guidance = gr.Slider(*GUIDANCE_RANGE, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance scale")
                 with gr.Row():
                     width = gr.Slider(low, high, value=default_size, step=8, label="Width")
@@ -384,7 +664,15 @@ def build_app(
                     images = gr.Slider(*IMAGES_RANGE, value=1, step=1, label="Images per side")
                     mode = gr.Radio(list(MODES), value="ella", label="ELLA mode")
                     t5_length = gr.Radio(["flexible", "128"], value="flexible", label="T5 length")
-                run = gr.Button("Generate", variant="primary", elem_id="generate")
+                    seeding = gr.Radio(
+                        [("CPU generator", "cpu"), ("official demo", "official")],
+                        value="cpu",
+                        label="Seeding",
+                        info=" / ".join(f"{name}: {meaning}" for name, meaning in SEEDINGS.items()),
+                    )
+                with gr.Row():
+                    run = gr.Button("Generate", variant="primary", elem_id="generate", scale=4)
+                    stop = gr.Button("Stop", variant="stop", elem_id="stop", scale=1)
                 gr.Examples(example_prompts(), inputs=prompt, label="Examples (click one, then Generate)")
                 notes = gr.Markdown(elem_id="run-notes")
                 with gr.Row():
@@ -431,7 +719,9 @@ def build_app(
                     download = gr.Button("Download this run (zip)", elem_id="download")
                 files = gr.File(label="Files", elem_id="files")
 
-                inputs = [prompt, negative, seed, steps, guidance, width, height, scheduler, images, mode, t5_length]
+                inputs = [
+                    prompt, negative, seed, steps, guidance, width, height, scheduler, images, mode, t5_length, seeding
+                ]  # fmt: skip
                 outputs = [
                     clip_image,
                     ella_image,
@@ -448,33 +738,30 @@ def build_app(
                     token_time,
                     curves,
                 ]
-                run.click(ui.run_generate, inputs, outputs, api_name="generate")
-                prompt.submit(ui.run_generate, inputs, outputs, api_name=False)
-                randomise.click(lambda: random.randint(*SEED_RANGE), None, seed, api_name=False)
+                # Raw inputs (preprocess=False): run_generate checks each value and names it.
+                generation = {"fn": ui.run_generate, "inputs": inputs, "outputs": outputs, "preprocess": False}
+                generating = [
+                    run.click(**generation, api_name="generate", **model_work),
+                    prompt.submit(**generation, api_name=False, **model_work),
+                ]
+                stop.click(ui.stop, None, None, cancels=generating, queue=False, api_name="stop")
+                app.unload(ui.stop)  # a closed page stops its runs too
+                randomise.click(lambda: random.randint(*SEED_RANGE), None, seed, **rendering)
                 step_inputs = [session, step, block, head, word, window]
                 step_outputs = [clip_preview, ella_preview, query_map, highlighted, word_maps]
-                step.input(ui.on_step, step_inputs, step_outputs, api_name=False, trigger_mode="always_last")
+                time_controls = {"fn": ui.on_time_controls, "inputs": [session, normalisation, block, head, pieces]}
+                step.input(ui.on_step, step_inputs, step_outputs, trigger_mode="always_last", **rendering)
                 for control in (block, head):
-                    control.input(ui.on_step, step_inputs, step_outputs, api_name=False)
-                    control.input(
-                        ui.on_time_controls,
-                        [session, normalisation, block, head, pieces],
-                        [token_time, curves],
-                        api_name=False,
-                    )
+                    control.input(ui.on_step, step_inputs, step_outputs, **rendering)
+                    control.input(**time_controls, outputs=[token_time, curves], **rendering)
                 for control in (word, window, scale):
-                    control.input(ui.on_word, [session, step, word, window, scale], word_maps, api_name=False)
+                    control.input(ui.on_word, [session, step, word, window, scale], word_maps, **rendering)
                 for control in (normalisation, pieces):
-                    control.input(
-                        ui.on_time_controls,
-                        [session, normalisation, block, head, pieces],
-                        [token_time, curves],
-                        api_name=False,
-                    )
+                    control.input(**time_controls, outputs=[token_time, curves], **rendering)
                 for image in (clip_image, ella_image):
-                    image.select(ui.on_select, [session, step, window], probe_text, api_name=False)
-                animate.click(ui.animation, [session, block, head], files, api_name=False)
-                download.click(ui.download, [session], files, api_name=False)
+                    image.select(ui.on_select, [session, step, window], probe_text, **rendering)
+                animate.click(ui.animation, [session, block, head], files, **rendering)
+                download.click(ui.download, [session], files, **rendering)
 
             with gr.Tab("Probe"):
                 gr.Markdown(
@@ -496,6 +783,8 @@ def build_app(
                     [probe_prompt, probe_prompt2, probe_steps, probe_norm],
                     [probe_map, probe_curves, probe_compare],
                     api_name="probe",
+                    preprocess=False,
+                    **model_work,
                 )
 
             with gr.Tab("DPG-Bench"):
@@ -503,12 +792,25 @@ def build_app(
 
             with gr.Tab("About"):
                 gr.Markdown(ABOUT)
+    app.queue(max_size=limits.max_queue)
     return app
 
 
 def launch_app(
-    app: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool = False, concurrency: int = 1, **options
+    app: gr.Blocks,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    share: bool = False,
+    limits: ServingLimits = ServingLimits(),
+    **options,
 ):
-    """Queue (one GPU job at a time by default) and serve. Binds to localhost unless told otherwise."""
-    app.queue(default_concurrency_limit=concurrency)
-    return app.launch(server_name=host, server_port=port, share=share, ssr_mode=False, **options)
+    """Serve the app. Binds to this machine only and opens no share link unless told otherwise."""
+    return app.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        ssr_mode=False,
+        max_file_size=limits.max_file_size,
+        state_session_capacity=limits.max_sessions,
+        **options,
+    )

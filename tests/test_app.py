@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
+import gradio as gr
+import httpx
 import pytest
 import torch
 from gradio_client import Client
 from PIL import Image
+from tests_support import free_port
 
-from ella_demo import ui
+from ella_demo import generate, ui
+from ella_demo.views import RunViews
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAST = {"steps": 2, "width": 64, "height": 64}
+SMALL_SIZE = {"width": 64, "height": 64}
 
 
 @pytest.fixture
@@ -44,7 +52,7 @@ def test_probe_endpoint_draws_one_or_two_prompts(client):
 
 
 def test_bad_input_returns_the_specific_error(client):
-    with pytest.raises(Exception, match="width must be a multiple of 8 from 8 to 1024, got 100"):
+    with pytest.raises(Exception, match="Width must be a multiple of 8 from 8 to 1024, got 100"):
         client.predict(prompt="a cat", steps=2, width=100, height=64, api_name="/generate")
 
 
@@ -108,3 +116,225 @@ def test_example_prompts_are_many_and_dense():
     prompts = ui.example_prompts()
     assert len(prompts) >= 12
     assert all(len(prompt.split()) >= 12 for prompt in prompts)
+
+
+# --- serving: one queue for model work, stop, limits, bad values ------------------------------
+
+
+@pytest.fixture
+def launched(tiny, monkeypatch):
+    """Start a fresh app with given limits; records each run's steps (or how it ended) in `steps`."""
+    steps: list = []
+    real_generate = ui.generate
+
+    def recording_generate(*args, progress, **kwargs):
+        def after_step(done, total):
+            steps.append(done)
+            progress(done, total)
+
+        try:
+            return real_generate(*args, progress=after_step, **kwargs)
+        except Exception as error:
+            steps.append(type(error).__name__)
+            raise
+
+    monkeypatch.setattr(ui, "generate", recording_generate)
+    apps = []
+
+    def launch(limits: ui.ServingLimits = ui.ServingLimits()):  # noqa: B008 - frozen dataclass
+        app = ui.build_app(tiny, limits=limits)
+        port = free_port()
+        ui.launch_app(app, port=port, prevent_thread_lock=True, quiet=True, limits=limits)
+        apps.append(app)
+        return f"http://127.0.0.1:{port}/", app, steps
+
+    yield launch
+    for app in apps:
+        app.close()
+
+
+def wait_for(condition, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_every_model_handler_shares_one_concurrency_group_and_views_do_not(tiny):
+    app = ui.build_app(tiny, limits=ui.ServingLimits(concurrency=2))
+    groups = {}
+    for block_fn in app.fns.values():
+        name = getattr(block_fn.fn, "__name__", "")
+        groups.setdefault(name, set()).add((block_fn.concurrency_id, block_fn.concurrency_limit))
+    assert groups["run_generate"] == {(ui.MODEL_WORK, 2)}  # the button and Enter in the prompt
+    assert groups["run_probe"] == {(ui.MODEL_WORK, 2)}
+    for view in ("on_step", "on_word", "on_time_controls", "on_select", "animation", "download"):
+        assert all(group != ui.MODEL_WORK and limit == ui.VIEW_CONCURRENCY for group, limit in groups[view]), view
+    assert app._queue.max_size == ui.ServingLimits().max_queue
+
+
+def test_overlapping_generate_and_probe_run_one_at_a_time(launched, monkeypatch):
+    spans = {}
+    real_probe = ui.probe
+
+    def slow_probe(*args, **kwargs):
+        started = time.monotonic()
+        result = real_probe(*args, **kwargs)
+        time.sleep(0.5)
+        spans.setdefault("probe", []).append((started, time.monotonic()))
+        return result
+
+    monkeypatch.setattr(ui, "probe", slow_probe)
+    url, _, steps = launched(ui.ServingLimits(concurrency=1))
+    generating = Client(url, verbose=False).submit(prompt="a red cat", steps=40, api_name="/generate", **SMALL_SIZE)
+    wait_for(lambda: len(steps) >= 1)
+    generate_started = time.monotonic()
+    Client(url, verbose=False).predict(prompt="a red cat", timesteps=5, api_name="/probe")
+    generating.result(timeout=120)
+    assert steps[-1] == 40  # the generation ran to its end...
+    ((probe_started, _),) = spans["probe"]
+    assert probe_started > generate_started  # ...and the probe waited for it, though it was asked for mid-run
+    assert len([step for step in steps if isinstance(step, int)]) == 40
+
+
+def test_stop_button_ends_the_run_between_steps(launched):
+    url, _, steps = launched()
+    client = Client(url, verbose=False)
+    job = client.submit(prompt="a red cat", steps=150, api_name="/generate", **SMALL_SIZE)
+    wait_for(lambda: len(steps) >= 2)
+    client.predict(api_name="/stop")
+    notes = job.result(timeout=120)[3]
+    assert steps[-1] == "GenerationCancelledError"
+    assert max(step for step in steps if isinstance(step, int)) < 150
+    assert notes.startswith("⏹️ Stopped after step")
+
+
+def test_a_client_that_goes_away_stops_its_run(launched, monkeypatch):
+    monkeypatch.setenv("GRADIO_HEARTBEAT_INTERVAL", "0.5")
+    url, _, steps = launched()
+    client = Client(url, verbose=False)
+    client.submit(prompt="a red cat", steps=150, api_name="/generate", **SMALL_SIZE)
+    wait_for(lambda: len(steps) >= 2)
+    client.close()
+    wait_for(lambda: steps[-1] == "GenerationCancelledError", seconds=90)
+    assert max(step for step in steps if isinstance(step, int)) < 150
+
+
+def test_traced_work_over_the_cap_is_refused_with_the_cap_named(client):
+    with pytest.raises(Exception, match=r"= 629\.1 M pixel-steps; this app allows 52\.4 M per request"):
+        client.predict(prompt="a cat", steps=150, width=1024, height=1024, num_images=4, api_name="/generate")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"steps": 2.5}, "Steps must be a whole number, got 2.5"),
+        ({"steps": 151}, "Steps must be a whole number from 1 to 150, got 151"),
+        ({"num_images": 1.5}, "Images per side must be a whole number, got 1.5"),
+        ({"width": "wide"}, "Width must be a whole number, got 'wide'"),
+        ({"seed": 2.7}, "Seed must be a whole number, got 2.7"),
+        ({"guidance_scale": [7]}, r"Guidance scale must be a number, got \[7\]"),
+        ({"prompt": 42}, "Prompt must be text, got int"),
+        ({"scheduler": "lms"}, "Scheduler must be one of dpm"),
+        ({"seeding": "gpu"}, "Seeding must be one of cpu, official, got 'gpu'"),
+        ({"t5_length": "long"}, "T5 length must be a whole number, got 'long'"),
+    ],
+)
+def test_every_bad_api_value_gets_a_message_naming_its_field(client, arguments, message):
+    with pytest.raises(Exception, match=message):
+        client.predict(**{"prompt": "a cat", **FAST, **arguments}, api_name="/generate")
+
+
+GENERATE_DEFAULTS = ["a cat", "", 0, 2, 7.5, 64, 64, "dpm++", 1, "ella", "flexible", "cpu"]
+
+
+def raw_call(server: str, api_name: str, data: list) -> tuple[str, dict]:
+    """Call an endpoint as a hand-written client would: raw JSON (NaN and lone surrogates allowed)."""
+    url = f"{server}gradio_api/call/{api_name}"
+    body = json.dumps({"data": data})  # json allows NaN/Infinity and escapes lone surrogates as \\udXXX
+    event_id = httpx.post(url, content=body, headers={"content-type": "application/json"}, timeout=30).json()
+    with httpx.stream("GET", f"{url}/{event_id['event_id']}", timeout=120) as stream:
+        lines = stream.read().decode().splitlines()
+    event = next(line.removeprefix("event: ") for line in lines if line.startswith("event: "))
+    payload = next(line.removeprefix("data: ") for line in lines if line.startswith("data: "))
+    return event, json.loads(payload)
+
+
+@pytest.mark.parametrize(
+    ("position", "value", "message"),
+    [
+        (0, "a red \ud800 cat", "Prompt contains a character that is not valid text (position 6); remove it."),
+        (2, float("nan"), "Seed must be a whole number, got nan."),
+        (3, float("inf"), "Steps must be a whole number, got inf."),
+        (4, float("nan"), "Guidance scale must be a number from 0 to 30, got nan."),
+    ],
+)
+def test_values_json_clients_cannot_send_still_get_a_named_message(server, position, value, message):
+    """gradio_client refuses to encode NaN or a lone surrogate; a hand-written client can send both."""
+    data = list(GENERATE_DEFAULTS)
+    data[position] = value
+    event, payload = raw_call(server, "generate", data)
+    assert (event, payload["error"]) == ("error", message)
+
+
+def test_bad_probe_values_name_their_field(client):
+    with pytest.raises(Exception, match=r"Timesteps must be a whole number, got 4\.5"):
+        client.predict(prompt="a red cat", timesteps=4.5, api_name="/probe")
+    with pytest.raises(Exception, match="Normalisation must be one of paper"):
+        client.predict(prompt="a red cat", timesteps=4, normalisation="loud", api_name="/probe")
+
+
+def test_internal_errors_are_logged_and_shown_as_such(client, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise KeyError("secret internal detail")
+
+    monkeypatch.setattr(ui, "generate", broken)
+    with pytest.raises(Exception, match="Internal error: this is a bug in ELLA Explorer") as raised:
+        client.predict(prompt="a cat", api_name="/generate", **FAST)
+    assert "secret internal detail" not in str(raised.value)
+    logged = [record for record in caplog.records if record.name == "ella_demo.ui"]
+    assert logged and "secret internal detail" in logged[-1].exc_text
+
+
+def test_official_seeding_is_said_in_the_notes(client):
+    notes = client.predict(prompt="a cat", seeding="official", seed=5, api_name="/generate", **FAST)[3]
+    assert "Seed used: 5** (official: one cpu generator per image, seed 5)" in notes
+
+
+def test_uploads_over_the_size_limit_are_refused(server):
+    files = {"files": ("big.bin", b"0" * (6 * 2**20), "application/octet-stream")}
+    response = httpx.post(f"{server}gradio_api/upload", files=files, timeout=60)
+    assert response.status_code == 413
+
+
+def test_pixel_clicks_outside_the_image_are_named(tiny):
+    explorer = ui.ExplorerUI(tiny)
+    views = RunViews(generate(tiny, "a red cat", trace=True, num_inference_steps=2, height=32, width=32))
+    for position in ([32, 5], [-1, 0], [float("nan"), 3], ["x", 1], [1]):
+        event = SimpleNamespace(index=position)
+        with pytest.raises(gr.Error, match=r"Pixel must be an \(x, y\) position inside the 32x32 image"):
+            explorer.on_select(views, 2, "all", event)
+    assert "At pixel (3, 4)" in explorer.on_select(views, 2, "all", SimpleNamespace(index=[3, 4]))
+
+
+def test_view_controls_are_checked(tiny):
+    explorer = ui.ExplorerUI(tiny)
+    views = RunViews(generate(tiny, "a red cat", trace=True, num_inference_steps=2, height=32, width=32))
+    with pytest.raises(gr.Error, match="Step must be from 1 to 2 for this run, got 0"):
+        explorer.on_step(views, 0, "mean", "mean", None, "all")
+    with pytest.raises(gr.Error, match=r"Step must be a whole number, got 1\.5"):
+        explorer.on_step(views, 1.5, "mean", "mean", None, "all")
+    with pytest.raises(gr.Error, match="Connector block must be one of mean, 0, 1, got '9'"):
+        explorer.on_step(views, 1, "9", "mean", None, "all")
+    with pytest.raises(gr.Error, match="Step window must be one of this step, all, early, middle, late"):
+        explorer.on_word(views, 1, "cat", "sometimes", "shared")
+
+
+def test_export_folders_stay_bounded(tiny):
+    explorer = ui.ExplorerUI(tiny)
+    views = RunViews(generate(tiny, "a red cat", trace=True, num_inference_steps=2, height=32, width=32))
+    paths = [explorer.animation(views, "mean", "mean") for _ in range(ui.EXPORTS_KEPT + 4)]
+    assert explorer.exports.count() == ui.EXPORTS_KEPT
+    assert Path(paths[-1]).is_file() and not Path(paths[0]).exists()
+    explorer.exports.close()
+    assert explorer.exports.count() == 0

@@ -92,3 +92,19 @@ def test_generate_scrub_pick_click_and_download(page, tmp_path):
     download_info.value.save_as(archive)
     names = set(zipfile.ZipFile(archive).namelist())
     assert {"clip.png", "ella.png", "meta.json", "trace.npz", "figures/token_time_paper.png"} <= names
+
+
+def test_stop_ends_a_long_run_between_steps(page):
+    page.wait_for_selector("#prompt textarea")
+    page.fill("#steps input[type=number]", "150")
+    page.press("#steps input[type=number]", "Enter")
+    page.fill("#prompt textarea", "three white birds above a dark forest")
+    page.click("#generate")
+    page.wait_for_selector("#stop")
+    page.wait_for_timeout(1500)  # let a few steps run
+    page.click("#stop")
+    page.wait_for_selector("#run-notes :text('Stopped after step')")
+    notes = page.inner_text("#run-notes")
+    step = int(notes.split("Stopped after step ")[1].split(" ")[0])
+    assert 0 < step < 150
+    page.screenshot(path=ARTIFACTS / "04-stopped.png", full_page=True)
