@@ -15,7 +15,6 @@ trace's shapes depend only on the layout (see its docstring).
 
 from __future__ import annotations
 
-import json
 import platform
 import resource
 import statistics
@@ -33,7 +32,7 @@ from diffusers import StableDiffusionPipeline
 from .connector import EllaConfig
 from .devices import choose_placement
 from .engine import generate
-from .loading import LoadedModels, package_config_dir
+from .loading import LoadedModels, assemble_models, package_config_dir, read_json
 from .outputs import package_versions, trace_arrays, write_run
 from .presets import WeightlessConfigs, build_weightless_components
 from .schedulers import make_scheduler
@@ -278,45 +277,26 @@ def sd15_trace_geometry(device: str | None = "cpu", dtype: str | None = None, se
     """
     tiny, sd15 = package_config_dir("tiny"), package_config_dir("sd15")
 
-    def read(path: Path) -> dict:
-        return json.loads(path.read_text(encoding="utf-8"))
-
-    t5_config = read(tiny / "t5" / "config.json")
+    t5_config = read_json(tiny / "t5" / "config.json")
     configs = WeightlessConfigs(
         unet={
-            **read(sd15 / "unet" / "config.json"),
+            **read_json(sd15 / "unet" / "config.json"),
             "block_out_channels": SLIM_BLOCK_OUT_CHANNELS,
             "norm_num_groups": SLIM_NORM_GROUPS,
         },
-        vae=read(tiny / "vae" / "config.json"),
-        text_encoder={**read(tiny / "text_encoder" / "config.json"), "hidden_size": 768, "projection_dim": 768},
-        scheduler=read(sd15 / "scheduler" / "scheduler_config.json"),
+        vae=read_json(tiny / "vae" / "config.json"),
+        text_encoder={**read_json(tiny / "text_encoder" / "config.json"), "hidden_size": 768, "projection_dim": 768},
+        scheduler=read_json(sd15 / "scheduler" / "scheduler_config.json"),
         t5=t5_config,
         ella={**EllaConfig().to_dict(), "input_dim": t5_config["d_model"]},
     )
     placement = choose_placement(device, dtype)
-    parts = build_weightless_components(configs, placement, seed)
-    pipe = StableDiffusionPipeline(
-        vae=parts.vae.to(placement.device),
-        text_encoder=parts.text_encoder.to(placement.device),
-        tokenizer=parts.tokenizer,
-        unet=parts.unet.to(placement.device),
-        scheduler=parts.scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    for module in (parts.unet, parts.vae, parts.text_encoder, parts.t5, parts.ella):
-        module.requires_grad_(False).eval()
-    return LoadedModels(
-        pipe=pipe,
-        ella=parts.ella.to(placement.device),
-        t5=parts.t5.to(placement.device),
-        t5_tokenizer=parts.t5_tokenizer,
-        placement=placement,
+    return assemble_models(
+        build_weightless_components(configs, placement, seed),
+        placement,
         preset="sd15-trace-geometry",
-        random_weights=True,
         sources={"weights": f"random (seed {seed}), SD1.5 layout at 1/40 width (bench.sd15_trace_geometry)"},
+        random_weights=True,
     )
 
 

@@ -318,6 +318,18 @@ def is_yes(answer: str) -> bool:
     return str(answer).strip().lower() == "yes"
 
 
+def _tile_answers(
+    answers: dict[tuple[str, int, int], str], item: str, tile: int, questions: list[Question]
+) -> tuple[dict[int, str], int]:
+    """One tile's answers by proposition id, and how many of its questions have none."""
+    found = {}
+    for question in questions:
+        key = (item, tile, question.proposition_id)
+        if key in answers:
+            found[question.proposition_id] = answers[key]
+    return found, len(questions) - len(found)
+
+
 def tile_scores(questions: list[Question], answers: dict[int, str]) -> dict[int, float]:
     """proposition id -> 0/1 for one tile, after dependency zeroing (to a fixed point)."""
     known = {question.proposition_id for question in questions}
@@ -373,13 +385,8 @@ def score(bench: DpgBench, answers: dict[tuple[str, int, int], str], official_qu
     for item, questions in sorted(bench.questions.items()):
         tiles = []
         for tile in range(TILES):
-            tile_answers = {}
-            for question in questions:
-                key = (item, tile, question.proposition_id)
-                if key in answers:
-                    tile_answers[question.proposition_id] = answers[key]
-                else:
-                    missing += 1
+            tile_answers, unanswered = _tile_answers(answers, item, tile, questions)
+            missing += unanswered
             scores = tile_scores(questions, tile_answers)
             tiles.append(sum(scores.values()) / len(scores))
             for question in questions:
@@ -473,13 +480,8 @@ def _score_official(bench: DpgBench, answers: dict[tuple[str, int, int], str]) -
         tiles, rows, last_before, item_missing = [], [], {}, 0
         try:
             for tile in range(TILES):
-                tile_answers = {}
-                for question in questions:
-                    key = (item, tile, question.proposition_id)
-                    if key in answers:
-                        tile_answers[question.proposition_id] = answers[key]
-                    else:
-                        item_missing += 1
+                tile_answers, unanswered = _tile_answers(answers, item, tile, questions)
+                item_missing += unanswered
                 last_before, after = _official_tile(questions, tile_answers, tile)
                 tiles.append(sum(after.values()) / len(after))
                 rows.extend(

@@ -173,10 +173,13 @@ def load_models(
     else:
         components, sources = _load_pretrained(placement, sd15, ella, t5, sd15_config, allow_pickle, cache_dir)
     _check_compatible(components)
-    return _assemble(components, placement, preset, sources)
+    return assemble_models(components, placement, preset, sources, random_weights=preset in WEIGHTLESS_PRESETS)
 
 
-def _assemble(components: Components, placement: Placement, preset: str, sources: dict[str, str]) -> LoadedModels:
+def assemble_models(
+    components: Components, placement: Placement, preset: str, sources: dict[str, str], random_weights: bool
+) -> LoadedModels:
+    """Put built or loaded components on the device, frozen, inside the container every run uses."""
     pipe = StableDiffusionPipeline(
         vae=components.vae.to(placement.device),
         text_encoder=components.text_encoder.to(placement.device),
@@ -198,7 +201,7 @@ def _assemble(components: Components, placement: Placement, preset: str, sources
         t5_tokenizer=components.t5_tokenizer,
         placement=placement,
         preset=preset,
-        random_weights=preset in WEIGHTLESS_PRESETS,
+        random_weights=random_weights,
         sources=sources,
     )
 
@@ -232,21 +235,21 @@ def package_config_dir(name: str) -> Path:
     return Path(str(resources.files("ella_demo").joinpath("configs", name)))
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _read_weightless_configs(preset: str) -> WeightlessConfigs:
     base = package_config_dir(CONFIG_DIRS[preset])
     if preset == "tiny":
-        t5_config, ella_config = _read_json(base / "t5/config.json"), _read_json(base / "ella.json")
+        t5_config, ella_config = read_json(base / "t5/config.json"), read_json(base / "ella.json")
     else:
-        t5_config, ella_config = _read_json(package_config_dir("flan_t5_xl_encoder") / "config.json"), {}
+        t5_config, ella_config = read_json(package_config_dir("flan_t5_xl_encoder") / "config.json"), {}
     return WeightlessConfigs(
-        unet=_read_json(base / "unet/config.json"),
-        vae=_read_json(base / "vae/config.json"),
-        text_encoder=_read_json(base / "text_encoder/config.json"),
-        scheduler=_read_json(base / "scheduler/scheduler_config.json"),
+        unet=read_json(base / "unet/config.json"),
+        vae=read_json(base / "vae/config.json"),
+        text_encoder=read_json(base / "text_encoder/config.json"),
+        scheduler=read_json(base / "scheduler/scheduler_config.json"),
         t5=t5_config,
         ella=ella_config,
     )
@@ -514,7 +517,7 @@ def _use_safetensors(allow_pickle: bool) -> bool | None:
 def _read_scheduler(folder: Path):
     """The scheduler of a diffusers-layout folder, as its config file describes it (SD1.5: PNDM)."""
     try:
-        return scheduler_from_config(_read_json(folder / "scheduler" / "scheduler_config.json"))
+        return scheduler_from_config(read_json(folder / "scheduler" / "scheduler_config.json"))
     except ValueError as error:
         raise ModelSourceError(f"{folder / 'scheduler'}: {error}.") from error
 
@@ -568,7 +571,7 @@ def _missing_t5_files(folder: Path, allow_pickle: bool) -> list[str]:
             return missing
         index = folder / f"{stem}.index.json"
         if index.is_file():
-            shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
+            shards = sorted(set(read_json(index).get("weight_map", {}).values()))
             lacking = [name for name in shards if not (folder / name).is_file()]
             if not lacking:
                 return missing
