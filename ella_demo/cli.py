@@ -190,6 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead of timing, measure the bytes of an SD1.5 512x512 trace on models with SD1.5's layout at "
         "toy width (builds its own models: only --device/--dtype apply)",
     )
+    bench.add_argument(
+        "--sessions",
+        type=int,
+        help="instead of timing, serve the app and read its RSS over this many browser sessions, each one traced "
+        "generation of --height x --width, --steps (Linux)",
+    )
+    bench.add_argument(
+        "--max-sessions", type=int, default=32, help="with --sessions: the app's --max-sessions (default 32)"
+    )
     bench.add_argument("--trace-steps", type=int, nargs="+", default=[25, 50], help="with --trace-size")
     bench.add_argument(
         "--trace-t5-length", type=_t5_length, nargs="+", default=[FLEXIBLE], help="with --trace-size: flexible or N"
@@ -431,7 +440,9 @@ def run_bench(args: argparse.Namespace) -> int:
 
     if args.json:
         _check_out_file(args.json, "--json")
-    if args.trace_size:
+    if args.sessions is not None:
+        report = _bench_sessions(args)
+    elif args.trace_size:
         overrides = [flag for flag, value in (("--sd15", args.sd15), ("--ella", args.ella), ("--t5", args.t5)) if value]
         if overrides or args.preset != "tiny":
             raise InputError(
@@ -456,6 +467,21 @@ def run_bench(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
     return 0
+
+
+def _bench_sessions(args: argparse.Namespace) -> dict:
+    from .bench_serving import format_session_memory, session_memory
+    from .ui import ServingLimits
+
+    for flag, value in (("--sessions", args.sessions), ("--max-sessions", args.max_sessions)):
+        if value < 1:
+            raise InputError(flag, f"must be at least 1, got {value}.")
+    validate(GenerationSettings(prompt="", num_inference_steps=args.steps, height=args.height, width=args.width),
+             args.preset)  # fmt: skip
+    limits = ServingLimits(max_sessions=args.max_sessions)
+    report = session_memory(args.preset, args.sessions, max(1, args.sessions // 10), args.height, args.steps, limits)
+    print(format_session_memory(report))
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:

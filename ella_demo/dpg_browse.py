@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from .dpg_generate import MODEL_NAMES, PROMPTS_FILE
+from .errors import InputError
 
 # Characters that mean something inside a line of (GitHub-flavoured) Markdown: emphasis, code,
 # links, strike-through, table cells, and the backslash itself. Line-start syntax (#, -, 1.) cannot
@@ -45,7 +46,7 @@ def item_view(results: Path, item: str) -> dict:
     Everything in the Markdown that comes from the folder's files is escaped with `markdown_text`.
     """
     if item not in list_items(results):
-        raise ValueError(f"{item!r} is not an item of this results folder")
+        raise InputError("Prompt (item id)", f"must be an item of this results folder, got {item!r}.")
     prompts_file = results / PROMPTS_FILE
     prompt = json.loads(prompts_file.read_text()).get(item, "") if prompts_file.is_file() else ""
     grids = {

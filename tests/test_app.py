@@ -338,3 +338,8 @@ def test_export_folders_stay_bounded(tiny):
     assert Path(paths[-1]).is_file() and not Path(paths[0]).exists()
     explorer.exports.close()
     assert explorer.exports.count() == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt exists on Linux only")
+def test_serving_caps_malloc_arenas_on_linux():
+    assert ui.limit_malloc_arenas() is True

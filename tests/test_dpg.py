@@ -16,6 +16,7 @@ from tests_support import free_port
 
 from ella_demo import dpg
 from ella_demo.dpg_generate import generate_grids, grid_is_valid, make_grid, shard
+from ella_demo.errors import InputError
 from ella_demo.vqa import answer_with_model, read_answers, split_grid
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -488,7 +489,7 @@ def test_app_tab_browses_grids_and_answers(tiny, tmp_path):
     report = dpg.score(dpg.load_bench(FIXTURE), read_answers(FIXTURE / "answers.csv"))
     dpg.write_report(report, tmp_path / "ella" / "report.json")
     assert list_items(tmp_path) == ["item_a", "item_b"]
-    with pytest.raises(ValueError, match="is not an item of this results folder"):
+    with pytest.raises(InputError, match=r"must be an item of this results folder, got .*etc/passwd"):
         item_view(tmp_path, "../../etc/passwd")
 
     app = ui.build_app(tiny, dpg_results=tmp_path)
