@@ -364,7 +364,7 @@ def _generators(
         seeds = f"seed {first}" if first == last else f"seeds {first} to {last}"
         made = [torch.Generator(device).manual_seed(settings.seed + index) for index in range(settings.num_images)]
         return made, f"official: one {device.type} generator per image, {seeds}"
-    return torch.Generator("cpu").manual_seed(settings.seed), f"seed {settings.seed}, one CPU generator for all images"
+    return torch.Generator("cpu").manual_seed(settings.seed), "cpu: one CPU generator for all images"
 
 
 def _copy_generators(generators: Generators) -> Generators:

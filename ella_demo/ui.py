@@ -354,6 +354,7 @@ class ExplorerUI:
             return (*[gr.skip()] * 3, f"⏹️ {stopped}", *[gr.skip()] * 10)
         for note in result.warnings:
             gr.Warning(note)
+        release_freed_memory()  # the session's previous run (or an evicted session's) is garbage now
         views = RunViews(result)
         last = views.steps - 1
         clip_preview, ella_preview = views.previews(last)
@@ -794,20 +795,32 @@ def build_app(
     return app
 
 
+def _glibc():
+    """The C library where it is glibc (Linux), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
 def limit_malloc_arenas(arenas: int = 2) -> bool:
     """Cap glibc's malloc arenas so the server's memory plateaus; False where there is no glibc.
 
     glibc gives each thread its own arena (up to 8 per core), and Gradio serves requests from a pool
     of worker threads: freed trace buffers stay scattered over many arenas and RSS creeps up with
-    every session. Measured over 100 sessions (README, "Serving memory"), two arenas keep it flat.
+    every session (README, "Serving memory").
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    return bool(libc.mallopt(M_ARENA_MAX, arenas))
+    libc = _glibc()
+    return bool(libc is not None and libc.mallopt(M_ARENA_MAX, arenas))
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by dropped traces back to the system (glibc keeps it otherwise)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def launch_app(

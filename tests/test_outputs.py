@@ -40,7 +40,7 @@ def test_writing_a_run_never_runs_a_model(tiny, tmp_path, monkeypatch):
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["tokens"]["t5"][:3] == ["▁a", "▁red", "▁cat"]
     assert meta["tokens"]["clip"][0] == "<|startoftext|>"
-    assert meta["seeding"] == "seed 0, one CPU generator for all images"
+    assert meta["seeding"] == "cpu: one CPU generator for all images"
     arrays = np.load(tmp_path / "trace.npz")
     start, end = arrays["t5_offsets"][1]
     assert str(arrays["prompt"])[start:end] == "red"
