@@ -189,14 +189,20 @@ def test_t5_dtype_error_names_the_t5_setting():
 # --- local folders in the hub layout -----------------------------------------------------------
 
 
-def test_load_models_from_local_folders_in_the_hub_layout(tiny, hub_layout):
-    loaded = load_models(
+def load_hub_layout(hub_layout, **options):
+    """The sd15 preset pointed at the tiny models saved in the hub layout."""
+    return load_models(
         "sd15",
         sd15=str(hub_layout["sd15"]),
         ella=str(hub_layout["ella_file"]),
         t5=str(hub_layout["t5"]),
         device="cpu",
+        **options,
     )
+
+
+def test_load_models_from_local_folders_in_the_hub_layout(tiny, hub_layout):
+    loaded = load_hub_layout(hub_layout)
     assert not loaded.random_weights
     assert loaded.sources["t5_tokenizer"] == str(hub_layout["t5"])
     assert_same_models(loaded, tiny)
@@ -386,9 +392,7 @@ def test_every_load_path_gives_the_official_demos_timesteps(tiny, hub_layout, tm
     )
     official.set_timesteps(25)
     assert official.timesteps[:3].tolist() == [999, 959, 919]
-    hub_folder = load_models(
-        "sd15", sd15=str(hub_layout["sd15"]), ella=str(hub_layout["ella_file"]), t5=str(hub_layout["t5"]), device="cpu"
-    )
+    hub_folder = load_hub_layout(hub_layout)
     single_file = load_single_file(tiny, tmp_path)
     expected = scheduler_timesteps(hub_folder.pipe.scheduler.config)
     assert expected["dpm++"] == official.timesteps.tolist()
@@ -416,14 +420,7 @@ def test_pickle_checkpoints_are_refused_unless_allowed(hub_layout, tmp_path):
 
 def test_allow_pickle_still_reads_safetensors_folders(tiny, hub_layout):
     """--allow-pickle adds .bin files to what may be read; it must not stop safetensors being read."""
-    loaded = load_models(
-        "sd15",
-        sd15=str(hub_layout["sd15"]),
-        ella=str(hub_layout["ella_file"]),
-        t5=str(hub_layout["t5"]),
-        device="cpu",
-        allow_pickle=True,
-    )
+    loaded = load_hub_layout(hub_layout, allow_pickle=True)
     assert same_weights(loaded.pipe.unet, tiny.pipe.unet) and same_weights(loaded.t5, tiny.t5)
 
 
