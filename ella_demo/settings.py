@@ -88,9 +88,10 @@ def _check_text(name: str, value) -> None:
         ) from None
 
 
-def _check_choice(name: str, value, allowed) -> None:
-    if not isinstance(value, str) or value not in allowed:
-        raise SettingsError(name, f"must be one of {', '.join(allowed)}, got {value!r}.")
+def check_choice(name: str, value, allowed) -> None:
+    """Raise a SettingsError naming `name` unless `value` is one of `allowed` (compared with ==)."""
+    if not any(value == choice and type(value) is type(choice) for choice in allowed):
+        raise SettingsError(name, f"must be one of {', '.join(map(str, allowed))}, got {value!r}.")
 
 
 def validate(settings: GenerationSettings, preset: str) -> None:
@@ -114,10 +115,10 @@ def validate(settings: GenerationSettings, preset: str) -> None:
         _check_int(name, value, low, high)
         if value % 8:
             raise SettingsError(name, f"must be a multiple of 8 from {low} to {high}, got {value}.")
-    _check_choice("scheduler", settings.scheduler, SCHEDULER_NAMES)
-    _check_choice("mode", settings.mode, MODES)
-    _check_choice("sides", settings.sides, SIDES)
-    _check_choice("seeding", settings.seeding, tuple(SEEDINGS))
+    check_choice("scheduler", settings.scheduler, SCHEDULER_NAMES)
+    check_choice("mode", settings.mode, MODES)
+    check_choice("sides", settings.sides, SIDES)
+    check_choice("seeding", settings.seeding, tuple(SEEDINGS))
     length = settings.t5_length
     if length != FLEXIBLE and (isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= 512):
         raise SettingsError(

@@ -47,6 +47,7 @@ from .settings import (
     SIZE_RANGE,
     STEPS_RANGE,
     SettingsError,
+    check_choice,
 )
 from .text_encoders import FLEXIBLE
 from .views import WINDOW_CHOICES, RunViews, parse_aggregation
@@ -422,7 +423,7 @@ class ExplorerUI:
         """Connector attention over a timestep grid for one or two prompts (no UNet); raw inputs, checked here."""
         prompt, prompt2 = _text("Prompt", prompt), _text("Second prompt", prompt2)
         count = _whole_number("Timesteps", timesteps)
-        self._choice("Normalisation", normalisation, tuple(analysis.NORMALISATIONS))
+        check_choice("Normalisation", normalisation, tuple(analysis.NORMALISATIONS))
         # An empty first prompt is probe()'s InputError naming the prompt; an empty second one means one prompt.
         prompts = [prompt] + ([prompt2] if prompt2.strip() else [])
         results = self._probe_on_device(prompts, count)
@@ -467,17 +468,12 @@ class ExplorerUI:
                 raise InputError(name, f"must be one of {', '.join(allowed)}, got {value!r}.")
         return parse_aggregation(block, head)
 
-    @staticmethod
-    def _choice(name: str, value, allowed) -> None:
-        if value not in allowed:
-            raise InputError(name, f"must be one of {', '.join(map(str, allowed))}, got {value!r}.")
-
     @_reported
     def on_step(self, views, step, block, head, word, window):
         views = self._require(views)
         index = self._step_index(views, step)
         aggregation = self._aggregation(block, head)
-        self._choice("Step window", window, WINDOW_CHOICES)
+        check_choice("Step window", window, WINDOW_CHOICES)
         clip_preview, ella_preview = views.previews(index)
         if not views.has_words:
             return clip_preview, ella_preview, None, [], None
@@ -494,8 +490,8 @@ class ExplorerUI:
     def on_word(self, views, step, word, window, scale):
         views = self._require(views)
         index = self._step_index(views, step)
-        self._choice("Step window", window, WINDOW_CHOICES)
-        self._choice("Colour scale", scale, ("shared", "per map"))
+        check_choice("Step window", window, WINDOW_CHOICES)
+        check_choice("Colour scale", scale, ("shared", "per map"))
         if not word:
             return None
         return views.word_maps(word, window, index, scale == "shared")
@@ -503,8 +499,8 @@ class ExplorerUI:
     @_reported
     def on_time_controls(self, views, normalisation, block, head, pieces):
         views = self._require(views)
-        self._choice("Normalisation", normalisation, tuple(analysis.NORMALISATIONS))
-        self._choice("Show raw T5 pieces", pieces, (True, False))
+        check_choice("Normalisation", normalisation, tuple(analysis.NORMALISATIONS))
+        check_choice("Show raw T5 pieces", pieces, (True, False))
         aggregation = self._aggregation(block, head)
         if not views.has_words:
             return None, None
@@ -514,7 +510,7 @@ class ExplorerUI:
     def on_select(self, views, step, window, event: gr.SelectData):
         views = self._require(views)
         index = self._step_index(views, step)
-        self._choice("Step window", window, WINDOW_CHOICES)
+        check_choice("Step window", window, WINDOW_CHOICES)
         position = event.index
         width, height = views.result.clip_images[0].size
         if (

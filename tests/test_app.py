@@ -340,6 +340,5 @@ def test_export_folders_stay_bounded(tiny):
     assert explorer.exports.count() == 0
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt exists on Linux only")
-def test_serving_caps_malloc_arenas_on_linux():
-    assert ui.limit_malloc_arenas() is True
+def test_serving_caps_malloc_arenas_where_glibc_is():
+    assert ui.limit_malloc_arenas() is sys.platform.startswith("linux")  # a no-op elsewhere
