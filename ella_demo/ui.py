@@ -218,20 +218,14 @@ class RunRegistry:
                 self._sessions.pop(token, None)
                 self._stopped.discard(token)
 
-    def stop(self, session: str) -> int:
-        """Ask every run of `session` to stop after its current step; returns how many were running."""
+    def stop(self, session: str) -> None:
+        """Ask every run of `session` to stop after its current step."""
         with self._lock:
-            tokens = [token for token, owner in self._sessions.items() if owner == session]
-            self._stopped.update(tokens)
-        return len(tokens)
+            self._stopped.update(token for token, owner in self._sessions.items() if owner == session)
 
     def is_stopped(self, token: int) -> bool:
         with self._lock:
             return token in self._stopped
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._sessions)
 
 
 class ExportFolders:
@@ -791,6 +785,7 @@ def build_app(
     return app
 
 
+@functools.cache
 def _glibc():
     """The C library where it is glibc (Linux), else None."""
     if not sys.platform.startswith("linux"):
