@@ -1,7 +1,7 @@
 """ELLA Explorer: compare SD1.5 with CLIP and with ELLA, and look inside the connector."""
 
-from .connector import ELLA, EllaConfig
-from .engine import GenerationResult, generate
-from .loading import LoadedModels, load_models
+from ella_demo.core.connector import ELLA, EllaConfig
+from ella_demo.core.engine import GenerationResult, generate
+from ella_demo.loading.models import LoadedModels, load_models
 
 __all__ = ["ELLA", "EllaConfig", "GenerationResult", "LoadedModels", "generate", "load_models"]

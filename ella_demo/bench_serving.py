@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from .ui import ServingLimits
+from ella_demo.app.ui import ServingLimits
 
 PROMPT = "a red cat number {index} sitting on a blue chair next to a green lamp"
 
@@ -30,8 +30,8 @@ def rss_mb(pid: int) -> float:
 
 def _serve(preset: str, port: int, limits: ServingLimits) -> None:
     """The app as `app.py` serves it (runs in the child process)."""
-    from .loading import load_models
-    from .ui import build_app, launch_app
+    from ella_demo.app.ui import build_app, launch_app
+    from ella_demo.loading.models import load_models
 
     launch_app(build_app(load_models(preset, device="cpu"), limits=limits), port=port, limits=limits, quiet=True)
 

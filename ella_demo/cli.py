@@ -12,11 +12,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .config import PRESETS
-from .devices import DTYPES
-from .errors import ExplorerError, InputError
-from .loading import LoadedModels, load_models
-from .settings import (
+from ella_demo.core.devices import DTYPES
+from ella_demo.core.errors import ExplorerError, InputError
+from ella_demo.core.settings import (
     DEFAULT_GUIDANCE,
     DEFAULT_SIZE,
     DEFAULT_STEPS,
@@ -27,7 +25,9 @@ from .settings import (
     GenerationSettings,
     validate,
 )
-from .text_encoders import FLEXIBLE
+from ella_demo.core.text_encoding import FLEXIBLE
+from ella_demo.loading.models import LoadedModels, load_models
+from ella_demo.loading.sources import PRESETS
 
 # The project's own errors, which the user can fix: the CLI prints their message and exits with 2.
 # Any other exception is a bug and keeps its traceback.
@@ -207,9 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from .engine import generate
-    from .outputs import write_run
-    from .report import write_trace_figures
+    from ella_demo.core.engine import generate
+    from ella_demo.inspect.outputs import write_run
+    from ella_demo.inspect.report import write_trace_figures
 
     settings = _generation_settings(args)
     validate(settings, args.preset)
@@ -313,8 +313,8 @@ def _check_writable(folder: Path, flag: str) -> None:
 
 
 def run_probe(args: argparse.Namespace) -> int:
-    from .probe import probe, timestep_grid
-    from .report import write_probe
+    from ella_demo.core.probe import probe, timestep_grid
+    from ella_demo.inspect.report import write_probe
 
     # Everything is checked before any model loads.
     validate(GenerationSettings(prompt="", t5_length=args.t5_length), args.preset)
@@ -338,12 +338,12 @@ def run_probe(args: argparse.Namespace) -> int:
 
 
 def run_dpg(args: argparse.Namespace) -> int:
-    from . import dpg
+    from ella_demo.dpg import data as dpg
 
     if args.dpg_command == "generate":
         return _dpg_generate(args)
     if args.dpg_command == "score":
-        from .vqa import answer_with_model, make_answerer, read_answers
+        from ella_demo.dpg.vqa import answer_with_model, make_answerer, read_answers
 
         _check_out_file(args.out)
         if not args.vqa.startswith("answers:") and args.images is None:
@@ -362,7 +362,7 @@ def run_dpg(args: argparse.Namespace) -> int:
         for warning in report.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         return 0
-    from .figures import category_bars_figure, to_png
+    from ella_demo.inspect.figures import category_bars_figure, to_png
 
     _check_out_file(args.out)
     scores = {}
@@ -395,8 +395,8 @@ def _report_scores(entry: str, path: Path, level: str) -> dict:
 def _dpg_generate(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
-    from .dpg import load_prompts
-    from .dpg_generate import MODEL_NAMES, generate_grids, shard
+    from ella_demo.dpg.data import load_prompts
+    from ella_demo.dpg.generation import MODEL_NAMES, generate_grids, shard
 
     # Everything is checked before any model loads.
     model_names = tuple(name.strip() for name in args.models.split(",") if name.strip())
@@ -436,7 +436,7 @@ def _dpg_generate(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from .bench import format_table, format_trace_sizes, measure_trace_size, run_benchmark
+    from ella_demo.bench import format_table, format_trace_sizes, measure_trace_size, run_benchmark
 
     if args.json:
         _check_out_file(args.json, "--json")
@@ -470,8 +470,8 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def _bench_sessions(args: argparse.Namespace) -> dict:
-    from .bench_serving import format_session_memory, session_memory
-    from .ui import ServingLimits
+    from ella_demo.app.ui import ServingLimits
+    from ella_demo.bench_serving import format_session_memory, session_memory
 
     for flag, value in (("--sessions", args.sessions), ("--max-sessions", args.max_sessions)):
         if value < 1:

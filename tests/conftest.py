@@ -42,8 +42,8 @@ def hub_layout(tiny, tmp_path_factory) -> dict[str, Path]:
     sd15: a diffusers pipeline folder (like stable-diffusion-v1-5/stable-diffusion-v1-5);
     ella_repo: the connector file plus the T5 encoder subfolder (like QQGYLab/ELLA).
     """
-    from ella_demo.config import ELLA_FILENAME, T5_SUBFOLDER
-    from ella_demo.loading import package_config_dir, save_ella_checkpoint
+    from ella_demo.loading.models import package_config_dir, save_ella_checkpoint
+    from ella_demo.loading.sources import ELLA_FILENAME, T5_SUBFOLDER
 
     root = tmp_path_factory.mktemp("hub_layout")
     sd15 = root / "sd15"
@@ -61,7 +61,7 @@ def hub_layout(tiny, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def server(tiny):
     """The app on the tiny preset, served on a free localhost port for the whole session."""
-    from ella_demo import ui
+    from ella_demo.app import ui
 
     app = ui.build_app(tiny)
     port = free_port()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ella_demo import analysis
-from ella_demo.text_encoders import PromptTruncatedWarning, Word
+from ella_demo.core.text_encoding import PromptTruncatedWarning, Word
+from ella_demo.inspect import analysis
 
 # Key axis of a toy connector: Q=3 latents, then T5 tokens ▁red ▁gi raffe </s> <pad> <pad>
 Q = 3

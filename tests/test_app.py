@@ -17,8 +17,9 @@ from gradio_client import Client
 from PIL import Image
 from tests_support import free_port
 
-from ella_demo import generate, ui
-from ella_demo.views import RunViews
+from ella_demo import generate
+from ella_demo.app import ui
+from ella_demo.inspect.views import RunViews
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAST = {"steps": 2, "width": 64, "height": 64}
@@ -292,7 +293,7 @@ def test_internal_errors_are_logged_and_shown_as_such(client, monkeypatch, caplo
     with pytest.raises(Exception, match="Internal error: this is a bug in ELLA Explorer") as raised:
         client.predict(prompt="a cat", api_name="/generate", **FAST)
     assert "secret internal detail" not in str(raised.value)
-    logged = [record for record in caplog.records if record.name == "ella_demo.ui"]
+    logged = [record for record in caplog.records if record.name == "ella_demo.app.ui"]
     assert logged and "secret internal detail" in logged[-1].exc_text
 
 

@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 from tests_support import free_port
 
-from ella_demo import dpg
-from ella_demo.dpg_generate import generate_grids, grid_is_valid, make_grid, shard
-from ella_demo.errors import InputError
-from ella_demo.vqa import answer_with_model, read_answers, split_grid
+from ella_demo.core.errors import InputError
+from ella_demo.dpg import data as dpg
+from ella_demo.dpg.generation import generate_grids, grid_is_valid, make_grid, shard
+from ella_demo.dpg.vqa import answer_with_model, read_answers, split_grid
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).parent / "data" / "dpg"
@@ -307,7 +307,7 @@ def test_official_quirks_numeric_item_ids_and_dotted_ids_match_no_image(tmp_path
 
 
 def test_bench_and_scoring_modes_must_match_and_errors_are_user_errors():
-    from ella_demo.errors import ExplorerError
+    from ella_demo.core.errors import ExplorerError
 
     assert issubclass(dpg.DpgDataError, ExplorerError) and issubclass(dpg.DpgDataError, ValueError)
     with pytest.raises(ValueError, match="same official_quirks setting"):
@@ -448,7 +448,7 @@ def save_tiny_blip(folder: Path) -> None:
 
 
 def test_blip_backend_loads_from_a_local_folder_and_answers_each_question(tmp_path):
-    from ella_demo.vqa import make_answerer
+    from ella_demo.dpg.vqa import make_answerer
 
     save_tiny_blip(tmp_path / "blip")
     answerer = make_answerer(f"blip:{tmp_path / 'blip'}")
@@ -461,7 +461,7 @@ def test_blip_backend_refuses_pickle_only_weights(tmp_path):
     import torch
     from transformers import BlipForQuestionAnswering
 
-    from ella_demo.vqa import make_answerer
+    from ella_demo.dpg.vqa import make_answerer
 
     save_tiny_blip(tmp_path / "blip")
     model = BlipForQuestionAnswering.from_pretrained(tmp_path / "blip")
@@ -472,7 +472,7 @@ def test_blip_backend_refuses_pickle_only_weights(tmp_path):
 
 
 def test_unknown_vqa_backend_is_a_clear_error():
-    from ella_demo.vqa import make_answerer
+    from ella_demo.dpg.vqa import make_answerer
 
     with pytest.raises(dpg.DpgDataError, match="unknown VQA backend 'mplug'"):
         make_answerer("mplug")
@@ -481,8 +481,8 @@ def test_unknown_vqa_backend_is_a_clear_error():
 def test_app_tab_browses_grids_and_answers(tiny, tmp_path):
     from gradio_client import Client
 
-    from ella_demo import ui
-    from ella_demo.dpg_browse import item_view, list_items
+    from ella_demo.app import ui
+    from ella_demo.dpg.browse import item_view, list_items
 
     prompts = dpg.load_prompts(FIXTURE)
     generate_grids(tiny, {k: prompts[k] for k in ("item_a", "item_b")}, tmp_path, resolution=16, steps=1)
@@ -525,7 +525,7 @@ def results_folder(folder: Path, prompt: str = "A kite.", question: str = "Is th
 
 
 def test_browse_escapes_text_read_from_the_data_files(tmp_path):
-    from ella_demo.dpg_browse import item_view
+    from ella_demo.dpg.browse import item_view
 
     view = item_view(results_folder(tmp_path, prompt=HOSTILE, question=HOSTILE), "item_a")
     for key in ("table", "prompt_markdown"):
@@ -542,7 +542,7 @@ def test_browse_escapes_text_read_from_the_data_files(tmp_path):
 
 def launch_like_app_py(tiny, folder: Path, monkeypatch) -> tuple[str, object]:
     """Run app.py's main with --dpg-results, on the tiny models, on a free port; (root URL, app)."""
-    from ella_demo import ui
+    from ella_demo.app import ui
 
     sys.path.insert(0, str(REPO_ROOT))
     import app as app_py
@@ -584,7 +584,7 @@ def test_app_serves_the_grids_it_shows_and_no_other_file_of_the_results_folder(t
 
 
 def test_app_tab_shows_the_first_item_on_load(tiny, tmp_path):
-    from ella_demo import ui
+    from ella_demo.app import ui
 
     app = ui.build_app(tiny, dpg_results=results_folder(tmp_path))
     (dependency,) = [entry for entry in app.config["dependencies"] if entry["api_name"] == "dpg_item"]

@@ -8,8 +8,8 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from ella_demo import generate
-from ella_demo.schedulers import SCHEDULERS, make_scheduler
-from ella_demo.settings import SettingsError
+from ella_demo.core.schedulers import SCHEDULERS, make_scheduler
+from ella_demo.core.settings import SettingsError
 
 PROMPT = "a red cat sitting on a blue chair"
 SMALL = {"num_inference_steps": 3, "height": 32, "width": 32}
@@ -273,7 +273,7 @@ def test_pndm_runs_one_more_timestep_and_everything_counts_what_ran(tiny):
 
 
 def test_timer_reads_cuda_events_once_instead_of_synchronising_every_step(monkeypatch):
-    from ella_demo.engine import _Timer
+    from ella_demo.core.engine import _Timer
 
     synchronisations = []
 
@@ -309,8 +309,8 @@ def test_timer_reads_cuda_events_once_instead_of_synchronising_every_step(monkey
     [(torch.float16, torch.float16), (torch.float32, torch.float32), (torch.bfloat16, torch.float32)],
 )
 def test_trace_sums_use_the_model_dtype_where_precision_allows(tiny, model_dtype, expected):
-    from ella_demo.engine import accumulator_dtype
-    from ella_demo.tracing import CrossAttentionRecorder
+    from ella_demo.core.engine import accumulator_dtype
+    from ella_demo.core.tracing import CrossAttentionRecorder
 
     dtype = accumulator_dtype(model_dtype)
     assert dtype == expected
@@ -419,7 +419,7 @@ def test_bad_arguments_are_rejected_before_any_model_work(tiny, argument, value,
 
 
 def test_real_presets_require_sizes_from_256(tiny):
-    from ella_demo.settings import GenerationSettings, validate
+    from ella_demo.core.settings import GenerationSettings, validate
 
     with pytest.raises(SettingsError, match="height must be a whole number from 256 to 1024, got 64"):
         validate(GenerationSettings(prompt="x", height=64), "random-sd15")

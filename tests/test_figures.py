@@ -15,11 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-from ella_demo import analysis, figures, generate
-from ella_demo.errors import InputError
-from ella_demo.probe import ProbeResult, probe, timestep_grid
-from ella_demo.report import write_probe, write_trace_figures
-from ella_demo.text_encoders import Word
+from ella_demo import generate
+from ella_demo.core.errors import InputError
+from ella_demo.core.probe import ProbeResult, probe, timestep_grid
+from ella_demo.core.text_encoding import Word
+from ella_demo.inspect import analysis, figures
+from ella_demo.inspect.report import write_probe, write_trace_figures
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +91,9 @@ def test_rendering_is_identical_across_threads():
 
 
 def test_figures_never_import_pyplot():
-    script = "import sys, ella_demo.figures, ella_demo.report\nprint('matplotlib.pyplot' in sys.modules)"
+    script = (
+        "import sys, ella_demo.inspect.figures, ella_demo.inspect.report\nprint('matplotlib.pyplot' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "False", result.stderr
 
@@ -223,7 +226,7 @@ def test_an_empty_probe_prompt_is_an_input_error_naming_the_prompt(tiny, tmp_pat
 def test_probe_tab_treats_an_empty_second_prompt_as_absent(tiny):
     import gradio as gr
 
-    from ella_demo.ui import ExplorerUI
+    from ella_demo.app.ui import ExplorerUI
 
     explorer = ExplorerUI(tiny)
     for second in ("", "   ", None):

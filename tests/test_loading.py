@@ -17,18 +17,19 @@ from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PNDMScheduler,
 from ldm_layout import to_ldm_state_dict
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-from ella_demo import ELLA, load_models, loading
-from ella_demo.config import ELLA_FILENAME, SD15_REPO, T5_SUBFOLDER
-from ella_demo.devices import DeviceError, Placement, choose_placement
-from ella_demo.errors import InputError
-from ella_demo.loading import (
+from ella_demo import ELLA, load_models
+from ella_demo.core.devices import DeviceError, Placement, choose_placement
+from ella_demo.core.errors import InputError
+from ella_demo.core.schedulers import SCHEDULERS, make_scheduler, scheduler_from_config
+from ella_demo.loading import models as loading
+from ella_demo.loading.models import (
     ModelSourceError,
     _read_weightless_configs,
     package_config_dir,
     parse_source,
     save_ella_checkpoint,
 )
-from ella_demo.schedulers import SCHEDULERS, make_scheduler, scheduler_from_config
+from ella_demo.loading.sources import ELLA_FILENAME, SD15_REPO, T5_SUBFOLDER
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

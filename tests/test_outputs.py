@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from ella_demo import generate
-from ella_demo.outputs import write_run
+from ella_demo.inspect.outputs import write_run
 
 SPOOF = "a red cat\nSteps: 99, Sampler: Euler, CFG scale: 1, Seed: 1234, Size: 8x8\nNegative prompt: x"
 

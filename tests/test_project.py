@@ -83,25 +83,26 @@ def test_a_wheel_holds_the_package_data(tmp_path):
     [wheel] = (tmp_path / "dist").glob("ella_explorer-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for expected in (
-        "ella_demo/example_prompts.json",
-        "ella_demo/vocabulary.txt",
-        "ella_demo/configs/sd15/unet/config.json",
-        "ella_demo/configs/sd15/scheduler/scheduler_config.json",
-        "ella_demo/configs/tiny/ella.json",
-        "ella_demo/configs/flan_t5_xl_encoder/config.json",
+        "ella_demo/app/example_prompts.json",
+        "ella_demo/loading/vocabulary.txt",
+        "ella_demo/loading/configs/sd15/unet/config.json",
+        "ella_demo/loading/configs/sd15/scheduler/scheduler_config.json",
+        "ella_demo/loading/configs/tiny/ella.json",
+        "ella_demo/loading/configs/flan_t5_xl_encoder/config.json",
     ):
         assert expected in names, expected
-    shipped = {name.removeprefix("ella_demo/") for name in names if name.startswith("ella_demo/configs/")}
+    shipped = {name.removeprefix("ella_demo/") for name in names if name.startswith("ella_demo/loading/configs/")}
     in_repo = {
-        str(path.relative_to(REPO_ROOT / "ella_demo")) for path in (REPO_ROOT / "ella_demo" / "configs").rglob("*.json")
+        str(path.relative_to(REPO_ROOT / "ella_demo"))
+        for path in (REPO_ROOT / "ella_demo" / "loading" / "configs").rglob("*.json")
     }
     assert shipped == in_repo
 
 
 def test_the_example_prompts_are_read_from_the_package():
-    from ella_demo import ui
+    from ella_demo.app import ui
 
-    shipped = json.loads(resources.files("ella_demo").joinpath("example_prompts.json").read_text(encoding="utf-8"))
+    shipped = json.loads(resources.files("ella_demo.app").joinpath("example_prompts.json").read_text(encoding="utf-8"))
     assert ui.example_prompts() == [entry["prompt"] for entry in shipped]
 
 

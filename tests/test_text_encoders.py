@@ -7,8 +7,8 @@ import warnings
 import pytest
 import torch
 
-from ella_demo.text_encoders import FLEXIBLE, PromptTruncatedWarning, T5PromptEncoder, group_words
-from ella_demo.toy_tokenizers import build_clip_tokenizer, build_t5_tokenizer
+from ella_demo.core.text_encoding import FLEXIBLE, PromptTruncatedWarning, T5PromptEncoder, group_words
+from ella_demo.loading.toy_tokenizers import build_clip_tokenizer, build_t5_tokenizer
 
 PROMPT = "A red cat sitting on a blue chair next to a tall green lamp, watercolor style."
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from ella_demo import analysis, generate
-from ella_demo.errors import InputError
-from ella_demo.text_encoders import PromptTruncatedWarning
-from ella_demo.views import MAP_CACHE_SIZE, RunViews
+from ella_demo import generate
+from ella_demo.core.errors import InputError
+from ella_demo.core.text_encoding import PromptTruncatedWarning
+from ella_demo.inspect import analysis
+from ella_demo.inspect.views import MAP_CACHE_SIZE, RunViews
 
 
 def views_of(tiny, prompt: str, steps: int = 2) -> RunViews:

@@ -25,7 +25,7 @@ _ASCII_SYMBOLS = [chr(code) for code in range(33, 127)]
 @cache
 def vocabulary_words() -> tuple[str, ...]:
     """The word list, in file order, without duplicates or comment lines."""
-    text = resources.files("ella_demo").joinpath("vocabulary.txt").read_text(encoding="utf-8")
+    text = resources.files("ella_demo.loading").joinpath("vocabulary.txt").read_text(encoding="utf-8")
     words: dict[str, None] = {}
     for line in text.splitlines():
         if not line.startswith("#"):

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import analysis, figures
-from .engine import GenerationResult
-from .errors import InputError
-from .probe import ProbeResult
-from .text_encoders import has_words
+from ella_demo.core.engine import GenerationResult
+from ella_demo.core.errors import InputError
+from ella_demo.core.probe import ProbeResult
+from ella_demo.core.text_encoding import has_words
+from ella_demo.inspect import analysis, figures
 
 MAX_PREVIEW_STEPS = 8
 MAP_WORDS = 3

@@ -12,8 +12,8 @@ import json
 import re
 from pathlib import Path
 
-from .dpg_generate import MODEL_NAMES, PROMPTS_FILE
-from .errors import InputError
+from ella_demo.core.errors import InputError
+from ella_demo.dpg.generation import MODEL_NAMES, PROMPTS_FILE
 
 # Characters that mean something inside a line of (GitHub-flavoured) Markdown: emphasis, code,
 # links, strike-through, table cells, and the backslash itself. Line-start syntax (#, -, 1.) cannot

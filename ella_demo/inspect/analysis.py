@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from .text_encoders import Word
+    from ella_demo.core.text_encoding import Word
 
 NORMALISATIONS = {
     "paper": "each word divided by its own maximum over time (the paper's Fig. 8)",

@@ -10,8 +10,8 @@ import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from .engine import GenerationResult
-from .loading import LoadedModels
+from ella_demo.core.engine import GenerationResult
+from ella_demo.loading.models import LoadedModels
 
 SCHEDULER_LABELS = {
     "dpm++": "DPM++ 2M",

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import InputError
-from .loading import LoadedModels
-from .text_encoders import FLEXIBLE, Word, has_words
+from ella_demo.core.errors import InputError
+from ella_demo.core.text_encoding import FLEXIBLE, Word, has_words
+from ella_demo.loading.models import LoadedModels
 
 DEFAULT_PROBE_TIMESTEPS = 50
 PROBE_BATCH = 25  # timesteps per connector call: bounds memory for long prompts

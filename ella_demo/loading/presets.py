@@ -16,10 +16,10 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
 
-from .connector import ELLA, EllaConfig
-from .devices import Placement
-from .schedulers import scheduler_from_config
-from .toy_tokenizers import build_clip_tokenizer, build_t5_tokenizer
+from ella_demo.core.connector import ELLA, EllaConfig
+from ella_demo.core.devices import Placement
+from ella_demo.core.schedulers import scheduler_from_config
+from ella_demo.loading.toy_tokenizers import build_clip_tokenizer, build_t5_tokenizer
 
 # Standard deviation for the connector's AdaLayerNorm projections. The release initialises them to
 # zero before training; a weightless model keeps them random so that, as in the trained model,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from .errors import InputError
-from .text_encoders import DEFAULT_T5_LENGTH, FLEXIBLE
+from ella_demo.core.errors import InputError
+from ella_demo.core.text_encoding import DEFAULT_T5_LENGTH, FLEXIBLE
 
 MODES = ("ella", "ella+clip")
 SIDES = ("both", "clip", "ella")

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.text import Text
 from PIL import Image
 
-from .analysis import Columns, TimeMap
+from ella_demo.inspect.analysis import Columns, TimeMap
 
 DPI = 100
 MAX_WIDTH_IN = 12.5  # 1250 px
@@ -227,7 +227,7 @@ def word_maps_figure(
     A map is None when that side's encoder lost the word (CLIP keeps 77 tokens): its panel shows
     the image with a note, and there is no difference panel to draw.
     """
-    from .analysis import difference_map
+    from ella_demo.inspect.analysis import difference_map
 
     figure = new_figure(12.0, 4.3)
     left, middle, right = figure.subplots(1, 3)

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ExplorerError
+from ella_demo.core.errors import ExplorerError
 
 REQUIRED_COLUMNS = (
     "item_id",

@@ -24,11 +24,10 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from .loading import LoadedModels
-from .schedulers import make_scheduler
-from .settings import GenerationSettings, SettingsError, validate
-from .text_encoders import FLEXIBLE, TextEncoding
-from .tracing import (
+from ella_demo.core.schedulers import make_scheduler
+from ella_demo.core.settings import GenerationSettings, SettingsError, validate
+from ella_demo.core.text_encoding import FLEXIBLE, TextEncoding
+from ella_demo.core.tracing import (
     CrossAttentionRecorder,
     SideTrace,
     StepBuffers,
@@ -37,6 +36,7 @@ from .tracing import (
     predicted_clean_latents,
     recording_cross_attention,
 )
+from ella_demo.loading.models import LoadedModels
 
 ProgressCallback = Callable[[int, int], None]
 # One generator for every image, or one per image (diffusers' convention).

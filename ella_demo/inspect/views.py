@@ -13,11 +13,11 @@ from functools import cached_property
 import numpy as np
 from PIL import Image
 
-from . import analysis, figures
-from .caching import LRUCache
-from .engine import GenerationResult
-from .errors import InputError
-from .text_encoders import has_words
+from ella_demo.core.caching import LRUCache
+from ella_demo.core.engine import GenerationResult
+from ella_demo.core.errors import InputError
+from ella_demo.core.text_encoding import has_words
+from ella_demo.inspect import analysis, figures
 
 WINDOW_CHOICES = ("this step", "all", "early", "middle", "late")
 # Spatial maps kept per session: the four named windows and the last few steps scrubbed to. One

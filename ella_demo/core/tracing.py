@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from .text_encoders import Word
+from ella_demo.core.text_encoding import Word
 
 # SD1.5 latent channels -> approximate RGB, the linear map community tools use for cheap latent
 # previews (ComfyUI's `latent_rgb_factors` for SD1.x). Applied to the predicted clean latents.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .caching import LRUCache
+from ella_demo.core.caching import LRUCache
 
 FLEXIBLE = "flexible"
 DEFAULT_T5_LENGTH = 128  # the token length ELLA was trained with

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import ExplorerError
+from ella_demo.core.errors import ExplorerError
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 

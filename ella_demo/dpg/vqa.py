@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .dpg import TILES, DpgBench, DpgDataError, read_csv_rows
+from ella_demo.dpg.data import TILES, DpgBench, DpgDataError, read_csv_rows
 
 DEFAULT_BLIP = "Salesforce/blip-vqa-base"
 ANSWER_COLUMNS = ("item_id", "tile", "proposition_id", "answer")

@@ -29,14 +29,10 @@ from pathlib import Path
 import gradio as gr
 import torch
 
-from . import analysis, figures
-from .engine import generate
-from .errors import ExplorerError, GenerationCancelledError, InputError
-from .loading import LoadedModels
-from .outputs import write_run
-from .probe import probe
-from .report import write_trace_figures
-from .settings import (
+from ella_demo.core.engine import generate
+from ella_demo.core.errors import ExplorerError, GenerationCancelledError, InputError
+from ella_demo.core.probe import probe
+from ella_demo.core.settings import (
     DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
     GUIDANCE_RANGE,
@@ -49,8 +45,12 @@ from .settings import (
     SettingsError,
     check_choice,
 )
-from .text_encoders import FLEXIBLE
-from .views import WINDOW_CHOICES, RunViews, parse_aggregation
+from ella_demo.core.text_encoding import FLEXIBLE
+from ella_demo.inspect import analysis, figures
+from ella_demo.inspect.outputs import write_run
+from ella_demo.inspect.report import write_trace_figures
+from ella_demo.inspect.views import WINDOW_CHOICES, RunViews, parse_aggregation
+from ella_demo.loading.models import LoadedModels
 
 LOGGER = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ class ExportFolders:
 
 def example_prompts() -> list[str]:
     """The example prompts shipped in the package's example_prompts.json (written by us)."""
-    text = resources.files("ella_demo").joinpath("example_prompts.json").read_text(encoding="utf-8")
+    text = resources.files("ella_demo.app").joinpath("example_prompts.json").read_text(encoding="utf-8")
     return [entry["prompt"] for entry in json.loads(text)]
 
 
@@ -567,7 +567,7 @@ def _clickable_image(side: str) -> gr.Image:
 
 def _dpg_tab(results: Path | None) -> None:
     """Browse a DPG-Bench results folder chosen at launch (never a path typed in the browser)."""
-    from .dpg_browse import item_view, list_items
+    from ella_demo.dpg.browse import item_view, list_items
 
     if results is None:
         gr.Markdown(

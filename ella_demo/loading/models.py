@@ -23,8 +23,14 @@ from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionMod
 from huggingface_hub import snapshot_download
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokenizer
 
-from .caching import LRUCache
-from .config import (
+from ella_demo.core.caching import LRUCache
+from ella_demo.core.connector import ELLA, EllaConfig
+from ella_demo.core.devices import Placement, choose_placement
+from ella_demo.core.errors import ExplorerError, InputError
+from ella_demo.core.schedulers import scheduler_from_config
+from ella_demo.core.text_encoding import CLIPPromptEncoder, T5PromptEncoder
+from ella_demo.loading.presets import Components, WeightlessConfigs, build_weightless_components
+from ella_demo.loading.sources import (
     DEFAULT_SOURCES,
     ELLA_CONFIG_METADATA_KEY,
     ELLA_FILENAME,
@@ -33,12 +39,6 @@ from .config import (
     WEIGHTLESS_PRESETS,
     HubLocation,
 )
-from .connector import ELLA, EllaConfig
-from .devices import Placement, choose_placement
-from .errors import ExplorerError, InputError
-from .presets import Components, WeightlessConfigs, build_weightless_components
-from .schedulers import scheduler_from_config
-from .text_encoders import CLIPPromptEncoder, T5PromptEncoder
 
 # A file a folder must hold, or a tuple of files of which it must hold at least one.
 Requirement = str | tuple[str, ...]
@@ -151,7 +151,7 @@ def load_models(
             file or a folder holding `ella-sd1.5-tsc-t5xl.safetensors`; t5 a folder with a
             T5 encoder and its tokenizer.
         sd15_config: diffusers config folder used to read a single-file checkpoint (default:
-            the SD1.5 configs shipped in ella_demo/configs/sd15). Its tokenizer comes from the
+            the SD1.5 configs shipped in ella_demo/loading/configs/sd15). Its tokenizer comes from the
             folder's `tokenizer/` if present, else from the SD1.5 hub repo.
         device, dtype, t5_dtype: see `devices.choose_placement`.
         allow_pickle: allow `.bin`/`.ckpt` weights for SD1.5 and T5 (pickle can run code; off
@@ -231,8 +231,8 @@ def _check_compatible(components: Components) -> None:
 
 
 def package_config_dir(name: str) -> Path:
-    """Folder of a config set shipped in ella_demo/configs ("sd15", "tiny", "flan_t5_xl_encoder")."""
-    return Path(str(resources.files("ella_demo").joinpath("configs", name)))
+    """Folder of a config set shipped in ella_demo/loading/configs ("sd15", "tiny", "flan_t5_xl_encoder")."""
+    return Path(str(resources.files("ella_demo.loading").joinpath("configs", name)))
 
 
 def read_json(path: Path) -> dict:
