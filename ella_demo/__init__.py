@@ -2,6 +2,7 @@
 
 from ella_demo.core.connector import ELLA, EllaConfig
 from ella_demo.core.engine import GenerationResult, generate
-from ella_demo.loading.models import LoadedModels, load_models
+from ella_demo.core.models import LoadedModels
+from ella_demo.loading.models import load_models
 
 __all__ = ["ELLA", "EllaConfig", "GenerationResult", "LoadedModels", "generate", "load_models"]

@@ -32,11 +32,13 @@ from diffusers import StableDiffusionPipeline
 from ella_demo.core.connector import EllaConfig
 from ella_demo.core.devices import choose_placement
 from ella_demo.core.engine import generate
+from ella_demo.core.models import LoadedModels
 from ella_demo.core.schedulers import make_scheduler
 from ella_demo.core.text_encoding import FLEXIBLE
 from ella_demo.inspect.outputs import package_versions, trace_arrays, write_run
-from ella_demo.loading.models import LoadedModels, assemble_models, package_config_dir, read_json
+from ella_demo.loading.models import assemble_models
 from ella_demo.loading.presets import WeightlessConfigs, build_weightless_components
+from ella_demo.loading.shipped import package_config_dir, read_json
 
 BENCH_PROMPT = (
     "A red fox sitting beside a blue wooden boat on a snowy beach at sunset, "

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from ella_demo.core.devices import DTYPES
 from ella_demo.core.errors import ExplorerError, InputError
+from ella_demo.core.models import LoadedModels
 from ella_demo.core.settings import (
     DEFAULT_GUIDANCE,
     DEFAULT_SIZE,
@@ -26,7 +27,7 @@ from ella_demo.core.settings import (
     validate,
 )
 from ella_demo.core.text_encoding import FLEXIBLE
-from ella_demo.loading.models import LoadedModels, load_models
+from ella_demo.loading.models import load_models
 from ella_demo.loading.sources import PRESETS
 
 # The project's own errors, which the user can fix: the CLI prints their message and exits with 2.

@@ -42,7 +42,8 @@ def hub_layout(tiny, tmp_path_factory) -> dict[str, Path]:
     sd15: a diffusers pipeline folder (like stable-diffusion-v1-5/stable-diffusion-v1-5);
     ella_repo: the connector file plus the T5 encoder subfolder (like QQGYLab/ELLA).
     """
-    from ella_demo.loading.models import package_config_dir, save_ella_checkpoint
+    from ella_demo.loading.checkpoint import save_ella_checkpoint
+    from ella_demo.loading.shipped import package_config_dir
     from ella_demo.loading.sources import ELLA_FILENAME, T5_SUBFOLDER
 
     root = tmp_path_factory.mktemp("hub_layout")

@@ -10,7 +10,7 @@ from diffusers import UNet2DConditionModel
 
 from ella_demo import bench, generate, load_models
 from ella_demo.cli import main
-from ella_demo.loading.models import package_config_dir
+from ella_demo.loading.shipped import package_config_dir
 
 SMALL = {"steps": 2, "height": 32, "width": 32, "repeats": 1}
 SIDES = ("clip", "ella", "side_by_side")

@@ -15,7 +15,7 @@ from ella_demo import cli, generate
 from ella_demo.cli import main
 from ella_demo.core.devices import DeviceError
 from ella_demo.core.errors import ExplorerError
-from ella_demo.loading.models import ModelSourceError
+from ella_demo.loading.hub import ModelSourceError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GENERATE = ["generate", "--preset", "tiny", "--device", "cpu", "--prompt", "a red cat on a blue chair", "--seed", "0"]

@@ -11,12 +11,8 @@ from diffusers.models.embeddings import Timesteps
 
 from ella_demo import ELLA, EllaConfig
 from ella_demo.core.connector import sinusoidal_timestep_features
-from ella_demo.loading.models import (
-    CheckpointMismatchError,
-    ModelSourceError,
-    load_ella_checkpoint,
-    save_ella_checkpoint,
-)
+from ella_demo.loading.checkpoint import CheckpointMismatchError, load_ella_checkpoint, save_ella_checkpoint
+from ella_demo.loading.hub import ModelSourceError
 from ella_demo.loading.sources import ELLA_CONFIG_METADATA_KEY
 
 SMALL = EllaConfig(time_channel=16, time_embed_dim=24, width=32, layers=3, heads=4, num_latents=8, input_dim=20)

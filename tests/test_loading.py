@@ -21,15 +21,12 @@ from ella_demo import ELLA, load_models
 from ella_demo.core.devices import DeviceError, Placement, choose_placement
 from ella_demo.core.errors import InputError
 from ella_demo.core.schedulers import SCHEDULERS, make_scheduler, scheduler_from_config
-from ella_demo.loading import models as loading
-from ella_demo.loading.models import (
-    ModelSourceError,
-    _read_weightless_configs,
-    package_config_dir,
-    parse_source,
-    save_ella_checkpoint,
-)
-from ella_demo.loading.sources import ELLA_FILENAME, SD15_REPO, T5_SUBFOLDER
+from ella_demo.loading import hub
+from ella_demo.loading.checkpoint import save_ella_checkpoint
+from ella_demo.loading.hub import ModelSourceError, parse_source
+from ella_demo.loading.sd15 import resolve_sd_folder
+from ella_demo.loading.shipped import package_config_dir, read_weightless_configs
+from ella_demo.loading.sources import DEFAULT_SOURCES, ELLA_FILENAME, SD15_REPO, T5_SUBFOLDER
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,7 +110,7 @@ def test_loading_does_not_disturb_the_global_random_state():
 
 
 def test_random_sd15_configs_are_the_published_architectures():
-    configs = _read_weightless_configs("random-sd15")
+    configs = read_weightless_configs("random-sd15")
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(configs.unet)
         vae = AutoencoderKL.from_config(configs.vae)
@@ -236,14 +233,14 @@ def test_default_hub_ids_resolve_through_the_local_hub_cache(tiny, hub_layout, t
 
 
 class FakeHub:
-    """Stands in for `snapshot_download` in loading.py: the real call for the local cache, and for
+    """Stands in for `snapshot_download` in loading/hub.py: the real call for the local cache, and for
     the online attempt a record of the call and a complete folder, as a finished download gives."""
 
     def __init__(self, monkeypatch, online_folders: dict[str, Path]):
         self.online_folders = online_folders
         self.online_calls: list[tuple[str, list[str]]] = []
-        self.real = loading.snapshot_download
-        monkeypatch.setattr(loading, "snapshot_download", self)
+        self.real = hub.snapshot_download
+        monkeypatch.setattr(hub, "snapshot_download", self)
 
     def __call__(self, repo_id, *, allow_patterns, local_files_only, **options):
         if local_files_only:
@@ -289,12 +286,12 @@ def test_fp16_placement_wants_the_fp16_weight_files(hub_layout, tmp_path, monkey
         weights.rename(weights.with_suffix(".fp16.safetensors"))
     hub = FakeHub(monkeypatch, {SD15_REPO: fp16_copy})
     fp16 = Placement(torch.device("cpu"), torch.float16, torch.float16)
-    folder = loading._resolve_sd_folder(loading.DEFAULT_SOURCES["sd15"], fp16, False, tmp_path / "cache")
+    folder = resolve_sd_folder(DEFAULT_SOURCES["sd15"], fp16, False, tmp_path / "cache")
     assert folder == fp16_copy
     assert "unet/diffusion_pytorch_model.fp16.safetensors" in hub.online_calls[0][1]
     # fp32 runs are served by the cache as it is.
     fp32 = Placement(torch.device("cpu"), torch.float32, torch.float32)
-    folder = loading._resolve_sd_folder(loading.DEFAULT_SOURCES["sd15"], fp32, False, tmp_path / "cache")
+    folder = resolve_sd_folder(DEFAULT_SOURCES["sd15"], fp32, False, tmp_path / "cache")
     assert folder.parent.name == "snapshots" and len(hub.online_calls) == 1
 
 
@@ -303,7 +300,7 @@ def test_a_partial_cache_offline_names_the_missing_weights(hub_layout, tmp_path)
     shutil.copytree(hub_layout["sd15"], partial_sd15, ignore=shutil.ignore_patterns("diffusion_pytorch_model*"))
     make_hub_cache(tmp_path / "cache", SD15_REPO, partial_sd15)
     with pytest.raises(ModelSourceError) as raised:
-        loading._resolve_sd_folder(loading.DEFAULT_SOURCES["sd15"], choose_placement("cpu"), False, tmp_path / "cache")
+        resolve_sd_folder(DEFAULT_SOURCES["sd15"], choose_placement("cpu"), False, tmp_path / "cache")
     message = str(raised.value)
     assert "lacks unet/diffusion_pytorch_model.safetensors, vae/diffusion_pytorch_model.safetensors" in message
     assert "has no unet weights" not in message
@@ -399,7 +396,7 @@ def test_every_load_path_gives_the_official_demos_timesteps(tiny, hub_layout, tm
     assert expected["dpm++"] == official.timesteps.tolist()
     assert scheduler_timesteps(single_file.pipe.scheduler.config) == expected
     assert scheduler_timesteps(tiny.pipe.scheduler.config) == expected
-    random_sd15 = scheduler_from_config(_read_weightless_configs("random-sd15").scheduler)
+    random_sd15 = scheduler_from_config(read_weightless_configs("random-sd15").scheduler)
     assert scheduler_timesteps(random_sd15.config) == expected
 
 

@@ -1,0 +1,5 @@
+"""The Gradio app: layout, handlers and serving limits over the same functions the CLI calls."""
+
+from ella_demo.app.ui import ServingLimits, build_app, launch_app
+
+__all__ = ["ServingLimits", "build_app", "launch_app"]

@@ -31,6 +31,7 @@ import torch
 
 from ella_demo.core.engine import generate
 from ella_demo.core.errors import ExplorerError, GenerationCancelledError, InputError
+from ella_demo.core.models import LoadedModels
 from ella_demo.core.probe import probe
 from ella_demo.core.settings import (
     DEFAULT_GUIDANCE,
@@ -50,7 +51,6 @@ from ella_demo.inspect import analysis, figures
 from ella_demo.inspect.outputs import write_run
 from ella_demo.inspect.report import write_trace_figures
 from ella_demo.inspect.views import WINDOW_CHOICES, RunViews, parse_aggregation
-from ella_demo.loading.models import LoadedModels
 
 LOGGER = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from ella_demo.core.models import LoadedModels, ModelProvenance
 from ella_demo.core.schedulers import make_scheduler
 from ella_demo.core.settings import GenerationSettings, SettingsError, validate
 from ella_demo.core.text_encoding import FLEXIBLE, TextEncoding
@@ -36,7 +37,6 @@ from ella_demo.core.tracing import (
     predicted_clean_latents,
     recording_cross_attention,
 )
-from ella_demo.loading.models import LoadedModels
 
 ProgressCallback = Callable[[int, int], None]
 # One generator for every image, or one per image (diffusers' convention).
@@ -50,7 +50,8 @@ class GenerationResult:
     clip_images / ella_images: PIL images (empty for a side that was not run).
     clip_pixels / ella_pixels: the same as float32 arrays (N, H, W, 3) in [0, 1], or None.
     timesteps: (S,) the timesteps actually run; S can differ from `num_inference_steps` (PNDM
-    runs one more). timings: seconds per phase (t5, clip, tsc, unet, vae, total). seeding: how
+    runs one more). timings: seconds per phase (t5, clip, tsc, unet, vae, total). provenance: which
+    models made the run and where they ran. seeding: how
     the noise was drawn, in words. tokens: the prompt as each encoder split it (what meta.json
     records), so writers never re-encode. warnings: user-facing notes such as prompt truncation.
     """
@@ -63,10 +64,15 @@ class GenerationResult:
     timesteps: np.ndarray
     timings: dict[str, float]
     trace: Trace | None
-    random_weights: bool
+    provenance: ModelProvenance
     seeding: str = ""
     tokens: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def random_weights(self) -> bool:
+        """True when the images come from a weightless preset: they are noise."""
+        return self.provenance.random_weights
 
 
 def generate(
@@ -268,7 +274,7 @@ def run(
         timesteps=timesteps.cpu().numpy(),
         timings=timings,
         trace=trace,
-        random_weights=models.random_weights,
+        provenance=models.provenance(),
         seeding=seeding,
         tokens=_token_record(prompts),
         warnings=_truncation_warnings(prompts),

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from ella_demo.core.errors import InputError
+from ella_demo.core.models import LoadedModels
 from ella_demo.core.text_encoding import FLEXIBLE, Word, has_words
-from ella_demo.loading.models import LoadedModels
 
 DEFAULT_PROBE_TIMESTEPS = 50
 PROBE_BATCH = 25  # timesteps per connector call: bounds memory for long prompts

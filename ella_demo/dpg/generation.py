@@ -17,8 +17,8 @@ from pathlib import Path
 from PIL import Image
 
 from ella_demo.core.engine import generate
+from ella_demo.core.models import LoadedModels
 from ella_demo.inspect.outputs import package_versions
-from ella_demo.loading.models import LoadedModels
 
 MODEL_NAMES = ("clip", "ella")
 PROMPTS_FILE = "prompts.json"  # the prompts a results folder was generated from, for browsing

@@ -11,7 +11,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from ella_demo.core.engine import GenerationResult
-from ella_demo.loading.models import LoadedModels
+from ella_demo.core.models import LoadedModels
 
 SCHEDULER_LABELS = {
     "dpm++": "DPM++ 2M",

@@ -3,7 +3,7 @@
 `tiny` is a toy-sized set that runs in seconds on a CPU; `random-sd15` is the exact published
 architecture set (SD1.5 UNet and VAE, CLIP ViT-L/14 text model, FLAN-T5-XL encoder, ELLA defaults)
 with the same shapes and cost as the real thing. Neither has learned anything: their images are
-noise, and the UI says so. Configs are passed in as dicts (loading.py reads them from the package),
+noise, and the UI says so. Configs are passed in as dicts (shipped.py reads them from the package),
 so this module does no I/O.
 """
 
