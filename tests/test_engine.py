@@ -273,7 +273,7 @@ def test_pndm_runs_one_more_timestep_and_everything_counts_what_ran(tiny):
 
 
 def test_timer_reads_cuda_events_once_instead_of_synchronising_every_step(monkeypatch):
-    from ella_demo.core.engine import _Timer
+    from ella_demo.core.timing import PhaseTimer
 
     synchronisations = []
 
@@ -292,7 +292,7 @@ def test_timer_reads_cuda_events_once_instead_of_synchronising_every_step(monkey
 
     monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synchronisations.append(device))
-    timer = _Timer(torch.device("cuda"))
+    timer = PhaseTimer(torch.device("cuda"))
     for _ in range(25):
         with timer.phase("unet"):
             pass
@@ -309,8 +309,7 @@ def test_timer_reads_cuda_events_once_instead_of_synchronising_every_step(monkey
     [(torch.float16, torch.float16), (torch.float32, torch.float32), (torch.bfloat16, torch.float32)],
 )
 def test_trace_sums_use_the_model_dtype_where_precision_allows(tiny, model_dtype, expected):
-    from ella_demo.core.engine import accumulator_dtype
-    from ella_demo.core.tracing import CrossAttentionRecorder
+    from ella_demo.core.tracing import CrossAttentionRecorder, accumulator_dtype
 
     dtype = accumulator_dtype(model_dtype)
     assert dtype == expected
@@ -447,3 +446,103 @@ def test_concurrent_traced_and_untraced_runs_keep_their_own_results(tiny):
     for side in ("clip", "ella"):
         for name, maps in traced.trace.sides[side].cross_attention.items():
             assert np.allclose(maps, solo_traced.trace.sides[side].cross_attention[name], atol=1e-3), (side, name)
+
+
+# --- The loop's diffusers-style extension points: latents=, output_type, callbacks, processors ----------
+
+
+def initial_noise(models, seed: int, count: int = 1) -> torch.Tensor:
+    """The noise `seeding="cpu"` draws for `seed`: (count, 4, 4, 4) for 32 px."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    return randn_tensor((count, 4, 4, 4), generator=torch.Generator("cpu").manual_seed(seed), dtype=models.dtype)
+
+
+def test_given_latents_replace_the_seeded_noise_as_in_diffusers(tiny):
+    noise = initial_noise(tiny, seed=21, count=2)
+    seeded = generate(tiny, PROMPT, seed=21, num_images=2, **SMALL)
+    given = generate(tiny, PROMPT, seed=999, num_images=2, latents=noise, **SMALL)
+    assert np.array_equal(seeded.ella_pixels, given.ella_pixels) and np.array_equal(
+        seeded.clip_pixels, given.clip_pixels
+    )
+    reference = diffusers_pipeline(tiny, "dpm++")(
+        PROMPT, latents=noise, num_images_per_prompt=2, guidance_scale=10.0, output_type="np", **SMALL
+    ).images
+    assert np.abs(given.clip_pixels - reference).max() < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("latents", "message"),
+    [(torch.zeros(1, 4, 8, 8), r"latents must be a tensor of shape \(1, 4, 4, 4\)"), ([0.0], "got list")],
+)
+def test_latents_of_the_wrong_shape_are_named(tiny, latents, message):
+    with pytest.raises(SettingsError, match=message):
+        generate(tiny, PROMPT, latents=latents, **SMALL)
+
+
+def test_latent_output_skips_decoding_and_matches_the_decoded_run(tiny):
+    decoded = generate(tiny, PROMPT, seed=5, **SMALL)
+    latent = generate(tiny, PROMPT, seed=5, output_type="latent", **SMALL)
+    assert latent.clip_images == [] and latent.ella_pixels is None and "vae" not in latent.timings
+    for side in ("clip", "ella"):
+        assert latent.latents[side].shape == (1, 4, 4, 4)
+        assert torch.equal(latent.latents[side], decoded.latents[side])
+    vae = tiny.pipe.vae
+    with torch.no_grad():
+        pixels = vae.decode(latent.latents["ella"] / vae.config.scaling_factor).sample
+    assert np.abs((pixels / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy() - decoded.ella_pixels).max() < 1e-6
+    with pytest.raises(SettingsError, match="output_type must be one of pil, latent, got 'np'"):
+        generate(tiny, PROMPT, output_type="np", **SMALL)
+
+
+def test_step_callback_sees_only_the_tensors_it_asks_for(tiny):
+    from ella_demo.core.engine import run
+    from ella_demo.core.settings import GenerationSettings
+
+    seen = []
+    settings = GenerationSettings(prompt=PROMPT, seed=2, **SMALL)
+    result = run(tiny, settings, callback_on_step_end=seen.append, callback_on_step_end_tensor_inputs=["latents"])
+    assert [state.step for state in seen] == [0, 1, 2] and {state.num_steps for state in seen} == {3}
+    assert all(set(state.tensors) == {"latents"} for state in seen)
+    assert torch.equal(seen[-1].tensors["latents"]["ella"].float(), result.latents["ella"])
+    with pytest.raises(SettingsError, match="unknown names"):
+        run(tiny, settings, callback_on_step_end=seen.append, callback_on_step_end_tensor_inputs=["noise"])
+
+
+def test_a_tracer_plugged_into_the_loop_by_hand_records_what_generate_records(tiny):
+    """Tracing needs nothing but the loop's public extension points."""
+    from ella_demo.core.engine import run
+    from ella_demo.core.settings import GenerationSettings
+    from ella_demo.core.tracing import Tracer
+
+    settings = GenerationSettings(prompt=PROMPT, seed=4, trace=True, **SMALL)
+    tracer = Tracer(tiny, settings)
+    result = run(
+        tiny,
+        settings,
+        cross_attention_kwargs=tracer.cross_attention_kwargs,
+        callback_on_step_end=tracer.on_step_end,
+        callback_on_step_end_tensor_inputs=Tracer.TENSOR_INPUTS,
+    )
+    by_hand = tracer.finish(result)
+    expected = generate(tiny, PROMPT, seed=4, trace=True, **SMALL).trace
+    assert np.array_equal(by_hand.tsc_attention, expected.tsc_attention)
+    for side in ("clip", "ella"):
+        assert np.array_equal(by_hand.sides[side].previews, expected.sides[side].previews)
+        for name, maps in expected.sides[side].cross_attention.items():
+            assert np.array_equal(by_hand.sides[side].cross_attention[name], maps)
+
+
+def test_recording_processors_are_installed_once_and_pass_through_untraced_calls(tiny):
+    from ella_demo.core.tracing import RecordingAttnProcessor, install_recording_processors
+
+    processors = dict(tiny.pipe.unet.attn_processors)
+    assert all(isinstance(processor, RecordingAttnProcessor) for processor in processors.values())
+    install_recording_processors(tiny.pipe.unet)  # a second installation wraps nothing twice
+    assert all(tiny.pipe.unet.attn_processors[name] is processor for name, processor in processors.items())
+    reference = diffusers_pipeline(tiny, "dpm++")
+    reference.unet = type(tiny.pipe.unet).from_config(tiny.pipe.unet.config)  # pristine processors
+    reference.unet.load_state_dict(tiny.pipe.unet.state_dict())
+    expected = reference(PROMPT, generator=torch.Generator().manual_seed(3), output_type="np", **SMALL).images
+    ours = generate(tiny, PROMPT, seed=3, sides="clip", guidance_scale=7.5, **SMALL)
+    assert np.abs(ours.clip_pixels - expected).max() < 1e-4

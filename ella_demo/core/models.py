@@ -12,6 +12,7 @@ from ella_demo.core.caching import LRUCache
 from ella_demo.core.connector import ELLA
 from ella_demo.core.devices import Placement
 from ella_demo.core.text_encoding import CLIPPromptEncoder, T5PromptEncoder
+from ella_demo.core.tracing import install_recording_processors
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class LoadedModels:
         # Connector outputs for negative prompts, keyed by (prompt, length, timestep, device, dtype):
         # 1024 entries of 64x768 fp16 are about 100 MB.
         self.condition_cache = LRUCache(1024)
+        # Once, before any request: a traced run then passes its recorder per call and changes nothing shared.
+        install_recording_processors(self.pipe.unet)
 
     @property
     def device(self) -> torch.device:

@@ -66,6 +66,11 @@ class GenerationSettings:
         return self.sides in ("both", "ella")
 
     @property
+    def side_names(self) -> tuple[str, ...]:
+        """The sides this generation runs, in the UNet batch's order: ("clip", "ella") or one of them."""
+        return tuple(side for side, runs in (("clip", self.runs_clip), ("ella", self.runs_ella)) if runs)
+
+    @property
     def uses_guidance(self) -> bool:
         """Classifier-free guidance is off at scale <= 1, as in diffusers' pipelines."""
         return self.guidance_scale > 1.0

@@ -43,6 +43,19 @@ def has_words(words: tuple[Word, ...]) -> bool:
 
 
 @dataclass(frozen=True)
+class PromptTokens:
+    """How one encoder split a prompt, without its features (what results and traces keep).
+
+    tokens: the L token strings. words: the tokens grouped into words. offsets: L (start, end)
+    character spans in the prompt, (0, 0) for tokens that carry no prompt text.
+    """
+
+    tokens: tuple[str, ...] = ()
+    words: tuple[Word, ...] = ()
+    offsets: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True)
 class TextEncoding:
     """One prompt, encoded.
 
@@ -62,6 +75,10 @@ class TextEncoding:
     dropped_tokens: int
     max_length: int
     offsets: tuple[tuple[int, int], ...]
+
+    @property
+    def prompt_tokens(self) -> PromptTokens:
+        return PromptTokens(self.tokens, self.words, self.offsets)
 
     @property
     def truncation_message(self) -> str | None:

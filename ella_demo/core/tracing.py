@@ -1,26 +1,31 @@
 """Capture during sampling: TSC attention, UNet cross-attention maps, x0 previews, all as plain arrays.
 
-Capture is opt-in. Buffers are allocated once per run on the model's device, written in place at
-every step, and copied to the CPU once at the end. The UNet is observed through attention
-processors that record only while a recorder is active in the calling context (a context
-variable), so a traced run never disturbs another request running at the same time, and the
-original processors come back when the last traced run leaves, even after an exception.
+Capture is opt-in and plugs into the denoising loop through its two extension points, as in a
+diffusers pipeline: the UNet's attention processors receive the run's recorder through
+`cross_attention_kwargs`, and a per-step callback (`Tracer.on_step_end`) stores the connector's
+attention and the x0 previews. Nothing is set on shared objects during a run, so a traced run
+never disturbs another request running at the same time. Buffers are allocated once per run on the
+model's device, written in place at every step, and copied to the CPU once at the end.
 
 Shapes: S steps, N images, Q connector queries, L tokens, h x w latent size.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.nn import functional
 
-from ella_demo.core.text_encoding import Word
+from ella_demo.core.schedulers import make_scheduler
+from ella_demo.core.settings import GenerationSettings
+from ella_demo.core.text_encoding import PromptTokens, Word
+
+if TYPE_CHECKING:
+    from ella_demo.core.engine import GenerationResult, StepEnd
+    from ella_demo.core.models import LoadedModels
 
 # SD1.5 latent channels -> approximate RGB, the linear map community tools use for cheap latent
 # previews (ComfyUI's `latent_rgb_factors` for SD1.x). Applied to the predicted clean latents.
@@ -88,16 +93,11 @@ class Trace:
 # UNet cross-attention
 
 
-_ACTIVE_RECORDER: contextvars.ContextVar[CrossAttentionRecorder | None] = contextvars.ContextVar(
-    "ella_demo_cross_attention_recorder", default=None
-)
-
-
 class CrossAttentionRecorder:
     """Accumulates head-mean cross-attention maps of chosen batch rows, per step and resolution.
 
     rows: side name -> (row index in the UNet batch, number of real key tokens). Sums are kept in
-    `dtype` (the model's, where its precision allows: see engine.accumulator_dtype); at most
+    `dtype` (the model's, where its precision allows: see accumulator_dtype); at most
     16 maps with values in [0, 1] are added per step and resolution.
     """
 
@@ -179,66 +179,45 @@ class CrossAttentionRecorder:
 
 
 class RecordingAttnProcessor:
-    """Wraps a cross-attention layer's processor; records while a recorder is active here."""
+    """Wraps an attention layer's processor; records into the `recorder` a call passes, if any.
+
+    The recorder arrives per call through the UNet's `cross_attention_kwargs`, so concurrent runs
+    on one shared UNet each record only their own batch, and an untraced call passes straight through.
+    """
 
     def __init__(self, original):
         self.original = original
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
-        recorder = _ACTIVE_RECORDER.get()
+    def __call__(
+        self,
+        attn,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        *args,
+        recorder: CrossAttentionRecorder | None = None,
+        **kwargs,
+    ):
         if recorder is not None and encoder_hidden_states is not None:
             recorder.record(attn, hidden_states, encoder_hidden_states, attention_mask)
         return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
 
 
-class _ProcessorInstaller:
-    """Reference-counted installation of recording processors on a UNet's cross-attention layers."""
+def install_recording_processors(unet) -> None:
+    """Wrap every attention processor of `unet` once, so a traced call can pass its recorder.
 
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._users: dict[int, int] = {}
-        self._originals: dict[int, dict] = {}
-
-    def acquire(self, unet) -> None:
-        with self._lock:
-            key = id(unet)
-            if self._users.get(key, 0) == 0:
-                originals = dict(unet.attn_processors)
-                self._originals[key] = originals
-                unet.set_attn_processor(
-                    {
-                        name: RecordingAttnProcessor(processor) if name.endswith("attn2.processor") else processor
-                        for name, processor in originals.items()
-                    }
-                )
-            self._users[key] = self._users.get(key, 0) + 1
-
-    def release(self, unet) -> None:
-        with self._lock:
-            key = id(unet)
-            self._users[key] -= 1
-            if self._users[key] == 0:
-                unet.set_attn_processor(self._originals.pop(key))
-                del self._users[key]
-
-
-_INSTALLER = _ProcessorInstaller()
-
-
-@contextlib.contextmanager
-def recording_cross_attention(unet, recorder: CrossAttentionRecorder):
-    """Record `unet`'s cross-attention into `recorder` for the calls made inside this block.
-
-    The original processors are restored when the last concurrent recording block exits,
-    whether it exits normally or by an exception.
+    Done when the models are assembled, before any request: a run never changes the shared UNet.
+    Every layer is wrapped (self-attention too) so that each accepts the `recorder` argument.
     """
-    _INSTALLER.acquire(unet)
-    token = _ACTIVE_RECORDER.set(recorder)
-    try:
-        yield recorder
-    finally:
-        _ACTIVE_RECORDER.reset(token)
-        _INSTALLER.release(unet)
+    processors = unet.attn_processors
+    if all(isinstance(processor, RecordingAttnProcessor) for processor in processors.values()):
+        return
+    unet.set_attn_processor(
+        {
+            name: processor if isinstance(processor, RecordingAttnProcessor) else RecordingAttnProcessor(processor)
+            for name, processor in processors.items()
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,3 +262,98 @@ class StepBuffers:
 
     def previews_numpy(self, side: str) -> np.ndarray:
         return self.previews[side].cpu().numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# The tracer: one traced run, plugged into the loop
+
+
+def accumulator_dtype(model_dtype: torch.dtype) -> torch.dtype:
+    """Trace sums in the model's dtype where its precision allows: fp16 and fp32 do, bf16 (8 bits) does not."""
+    return torch.float32 if model_dtype == torch.bfloat16 else model_dtype
+
+
+class Tracer:
+    """Records one run through the loop's extension points, then assembles its `Trace`.
+
+    Give `engine.run` `cross_attention_kwargs=tracer.cross_attention_kwargs`,
+    `callback_on_step_end=tracer.on_step_end` and `callback_on_step_end_tensor_inputs=TENSOR_INPUTS`;
+    after the run, `tracer.finish(result)` is the trace. The UNet rows recorded are the first
+    image's conditional branch of each side, in the engine's batch layout (engine module docstring).
+    """
+
+    TENSOR_INPUTS = ("model_inputs", "noise_predictions", "connector_attention")
+
+    def __init__(self, models: LoadedModels, settings: GenerationSettings):
+        self.settings = settings
+        self.num_latents = models.ella.config.num_latents
+        # The schedulers' own count (PNDM runs one step more) and noise levels, from the shared config.
+        scheduler = make_scheduler(settings.scheduler, models.pipe.scheduler.config)
+        scheduler.set_timesteps(settings.num_inference_steps)
+        self.alphas_cumprod = scheduler.alphas_cumprod
+        steps = len(scheduler.timesteps)
+        scale = models.pipe.vae_scale_factor
+        latent_size = (settings.height // scale, settings.width // scale)
+        self.buffers = StepBuffers(steps, models.device)
+        self.recorder = CrossAttentionRecorder(
+            self._rows(models.pipe.tokenizer.model_max_length),
+            latent_size,
+            steps,
+            models.device,
+            accumulator_dtype(models.dtype),
+        )
+
+    def _rows(self, clip_length: int) -> dict[str, tuple[int, int]]:
+        """side -> (its first conditional row in the UNet batch, its number of key tokens)."""
+        settings = self.settings
+        per_side = settings.num_images * (2 if settings.uses_guidance else 1)
+        first_conditional = settings.num_images if settings.uses_guidance else 0
+        lengths = {"clip": clip_length, "ella": self.num_latents + (clip_length if settings.mode == "ella+clip" else 0)}
+        return {
+            side: (index * per_side + first_conditional, lengths[side])
+            for index, side in enumerate(settings.side_names)
+        }
+
+    @property
+    def cross_attention_kwargs(self) -> dict:
+        """What the UNet's recording processors read on every call of this run."""
+        return {"recorder": self.recorder}
+
+    def on_step_end(self, state: StepEnd) -> None:
+        """Store the connector's attention and each side's x0 preview for the step just run."""
+        tensors = state.tensors
+        if "connector_attention" in tensors:
+            self.buffers.store_tsc(state.step, tensors["connector_attention"])
+        alpha_bar = float(self.alphas_cumprod[round(float(state.timestep))])
+        for side, noise in tensors["noise_predictions"].items():
+            clean = predicted_clean_latents(tensors["model_inputs"][side], noise, alpha_bar)
+            self.buffers.store_preview(side, state.step, latents_to_preview(clean))
+        self.recorder.step = state.step + 1
+
+    def finish(self, result: GenerationResult) -> Trace:
+        """The run's trace: plain CPU arrays, with the prompt as each encoder split it."""
+        t5 = result.prompt_tokens.get("t5", PromptTokens())
+        clip = result.prompt_tokens.get("clip", PromptTokens())
+        queries = tuple(f"q{index}" for index in range(self.num_latents))
+        keys = {"clip": clip.tokens, "ella": (clip.tokens if self.settings.mode == "ella+clip" else ()) + queries}
+        sides = {
+            side: SideTrace(
+                cross_attention=maps, pooled=pooled, previews=self.buffers.previews_numpy(side), tokens=keys[side]
+            )
+            for side, (maps, pooled) in self.recorder.results().items()
+        }
+        return Trace(
+            timesteps=result.timesteps,
+            tsc_attention=self.buffers.tsc_numpy(),
+            t5_tokens=t5.tokens,
+            t5_words=t5.words,
+            clip_tokens=clip.tokens,
+            clip_words=clip.words,
+            sides=sides,
+            mode=self.settings.mode,
+            settings=self.settings.to_dict(),
+            timings=result.timings,
+            prompt=self.settings.prompt,
+            t5_offsets=t5.offsets,
+            clip_offsets=clip.offsets,
+        )

@@ -65,18 +65,21 @@ def fetch(
     cache_dir: str | Path | None = None,
     lacks: Callable[[Path], list[str]] | None = None,
 ) -> Path:
-    """Local folder of `location`'s repo holding the files matching `patterns`.
+    """Local copy of the folder `location.path` of `location`'s repo, holding the files matching `patterns`.
 
-    Tries the local hub cache first (no network), then the hub. A folder counts only if
-    `lacks(folder)` names nothing missing (default: any folder counts), so a partly cached
+    `patterns` and `lacks` are relative to that folder (the repository root when the path is "").
+    Tries the local hub cache first (no network), then the hub. A copy counts only if
+    `lacks(folder)` names nothing missing (default: any copy counts), so a partly cached
     download (configs without weights, fp32 weights when fp16 ones are wanted) is completed from
     the hub rather than taken. Fails fast with a message naming the files when neither place has them.
     """
+    prefix = f"{location.path}/" if location.path else ""
+    patterns = [prefix + pattern for pattern in patterns]
     errors = []
     for local_only in (True, False):
         place = "the local hub cache" if local_only else "the hub"
         try:
-            folder = Path(
+            repository = Path(
                 snapshot_download(
                     location.repo_id,
                     allow_patterns=patterns,
@@ -88,6 +91,7 @@ def fetch(
         except Exception as error:  # noqa: BLE001 - hub errors come in many types; all mean "not here"
             errors.append(f"{place}: {type(error).__name__}: {str(error)[:300]}")
             continue
+        folder = repository / location.path
         missing = lacks(folder) if lacks else []
         if not missing:
             return folder

@@ -70,17 +70,14 @@ def resolve_sd_folder(
     # or fp32 files cached when this run wants the fp16 ones, is completed from the hub.
     variant = _choose_variant(None, placement)
     wanted = [name for names in _weight_names(variant, allow_pickle).values() for name in names]
-    prefix = f"{source.path}/" if source.path else ""
-    patterns = [prefix + name for name in SD15_CONFIG_FILES + TOKENIZER_PATTERNS + wanted]
     required = _sd_requirements(variant, allow_pickle)
-    folder = fetch(
+    return fetch(
         source,
-        patterns,
+        SD15_CONFIG_FILES + TOKENIZER_PATTERNS + wanted,
         "Stable Diffusion 1.5 weights",
         cache_dir,
-        lambda folder: missing_files(folder / source.path, required),
+        lambda folder: missing_files(folder, required),
     )
-    return folder / source.path
 
 
 def load_diffusers_sd(folder: Path, placement: Placement, allow_pickle: bool) -> dict:

@@ -13,18 +13,10 @@ from ella_demo.loading.sources import T5_TOKENIZER_SOURCE, HubLocation
 
 def resolve_t5_folder(source: Path | HubLocation, allow_pickle: bool, cache_dir: str | Path | None) -> Path:
     if isinstance(source, HubLocation):
-        prefix = f"{source.path}/" if source.path else ""
-        patterns = [prefix + pattern for pattern in ("*.json", "*.safetensors", "spiece.model")]
-        if allow_pickle:
-            patterns.append(prefix + "*.bin")
+        patterns = ["*.json", "*.safetensors", "spiece.model"] + (["*.bin"] if allow_pickle else [])
         folder = fetch(
-            source,
-            patterns,
-            "T5 text encoder",
-            cache_dir,
-            lambda folder: _missing_t5_files(folder / source.path, allow_pickle),
+            source, patterns, "T5 text encoder", cache_dir, lambda folder: _missing_t5_files(folder, allow_pickle)
         )
-        folder = folder / source.path
     else:
         folder = source
     missing = _missing_t5_files(folder, allow_pickle)
