@@ -19,7 +19,7 @@ from ella_demo import generate
 from ella_demo.core.errors import InputError
 from ella_demo.core.probe import ProbeResult, probe, timestep_grid
 from ella_demo.core.text_encoding import Word
-from ella_demo.inspect import analysis, figures
+from ella_demo.inspect import connector_attention, figures
 from ella_demo.inspect.report import write_probe, write_trace_figures
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -45,10 +45,10 @@ def tick_labels_overlap(figure) -> bool:
 
 
 @pytest.mark.parametrize("words", [1, 128])
-@pytest.mark.parametrize("normalisation", sorted(analysis.NORMALISATIONS))
+@pytest.mark.parametrize("normalisation", sorted(connector_attention.NORMALISATIONS))
 def test_token_time_figure_fits_the_browser_and_labels_do_not_overlap(words, normalisation):
     attention, timesteps, word_list = synthetic(words, steps=50)
-    time_map = analysis.token_time_map(attention, timesteps, word_list, normalisation)
+    time_map = connector_attention.token_time_map(attention, timesteps, word_list, normalisation)
     figure = figures.token_time_figure(time_map)
     assert not tick_labels_overlap(figure)
     image = Image.open(io.BytesIO(figures.to_png(figure)))
@@ -60,22 +60,22 @@ def test_token_time_figure_fits_the_browser_and_labels_do_not_overlap(words, nor
 
 def test_word_share_and_query_figures_render():
     attention, timesteps, word_list = synthetic(10)
-    shares, columns = analysis.word_shares(attention, word_list)
-    figure = figures.word_share_figure(shares, columns, timesteps, analysis.top_words(shares, 3),
-                                       analysis.text_share_per_block(attention))  # fmt: skip
+    shares, columns = connector_attention.word_shares(attention, word_list)
+    figure = figures.word_share_figure(shares, columns, timesteps, connector_attention.top_words(shares, 3),
+                                       connector_attention.text_share_per_block(attention))  # fmt: skip
     assert figures.to_image(figure).width <= 1280
     axis = figure.axes[0]
     assert axis.get_xlim()[0] > axis.get_xlim()[1]  # high noise on the left
     assert len(axis.get_lines()) == 3
-    matrix, order, query_columns = analysis.query_word_matrix(attention[2], word_list)
+    matrix, order, query_columns = connector_attention.query_word_matrix(attention[2], word_list)
     figure = figures.query_word_figure(matrix, query_columns, order, 2, timesteps[2], "mean")
     assert "step 3 (t=599)" in figure.axes[0].get_title()  # shown 1-based
 
 
 def test_gif_has_one_frame_per_step(tmp_path):
     attention, timesteps, word_list = synthetic(5, steps=7)
-    matrices = [analysis.query_word_matrix(attention[step], word_list)[0] for step in range(7)]
-    shares, columns = analysis.word_shares(attention, word_list)
+    matrices = [connector_attention.query_word_matrix(attention[step], word_list)[0] for step in range(7)]
+    shares, columns = connector_attention.word_shares(attention, word_list)
     frames = figures.animation_frames(matrices, shares, columns, timesteps, vmax=1.0)
     figures.save_gif(frames, tmp_path / "a.gif")
     assert Image.open(tmp_path / "a.gif").n_frames == 7
@@ -83,7 +83,10 @@ def test_gif_has_one_frame_per_step(tmp_path):
 
 def test_rendering_is_identical_across_threads():
     attention, timesteps, word_list = synthetic(20)
-    maps = [analysis.token_time_map(attention, timesteps, word_list, name) for name in sorted(analysis.NORMALISATIONS)]
+    maps = [
+        connector_attention.token_time_map(attention, timesteps, word_list, name)
+        for name in sorted(connector_attention.NORMALISATIONS)
+    ]
     sequential = [figures.to_png(figures.token_time_figure(item)) for item in maps]
     with ThreadPoolExecutor(max_workers=4) as pool:
         parallel = list(pool.map(lambda item: figures.to_png(figures.token_time_figure(item)), maps))
@@ -101,7 +104,7 @@ def test_figures_never_import_pyplot():
 def test_traced_run_writes_the_full_figure_set(tiny, tmp_path):
     result = generate(tiny, "a red cat on a blue chair", num_inference_steps=4, height=64, width=64, trace=True)
     names = {path.name for path in write_trace_figures(result, tmp_path)}
-    assert {f"token_time_{name}.png" for name in analysis.NORMALISATIONS} <= names
+    assert {f"token_time_{name}.png" for name in connector_attention.NORMALISATIONS} <= names
     assert {"word_shares.png", "query_words_step2.png", "tsc_animation.gif", "previews.png"} <= names
     assert any(name.startswith("word_maps_") for name in names)
     assert Image.open(tmp_path / "tsc_animation.gif").n_frames == 4
@@ -156,9 +159,9 @@ def nasty_figure(name: str):
     """One figure function, with NASTY in each place prompt text can reach (labels, titles, legends)."""
     attention, timesteps, _ = synthetic(3)
     word_list = (Word(NASTY, (0,)), Word("$", (1,)), Word("_{x}^", (2,)), Word("</s>", (3,), True))
-    time_map = analysis.token_time_map(attention, timesteps, word_list, "change")
-    shares, columns = analysis.word_shares(attention, word_list)
-    matrix, order, query_columns = analysis.query_word_matrix(attention[0], word_list)
+    time_map = connector_attention.token_time_map(attention, timesteps, word_list, "change")
+    shares, columns = connector_attention.word_shares(attention, word_list)
+    matrix, order, query_columns = connector_attention.query_word_matrix(attention[0], word_list)
     image, word_map = np.zeros((16, 16, 3), np.uint8), np.random.default_rng(0).random((4, 4))
     previews = np.zeros((2, 1, 8, 8, 3), np.uint8)
     draw = {
@@ -192,8 +195,8 @@ def test_prompt_text_is_drawn_literally_and_never_breaks_a_figure(name):
 def test_animation_frames_draw_prompt_text_literally():
     attention, timesteps, _ = synthetic(2, steps=2)
     word_list = (Word(NASTY, (0,)), Word("$x$", (1,)), Word("</s>", (2,), True))
-    matrices = [analysis.query_word_matrix(attention[step], word_list)[0] for step in range(2)]
-    shares, columns = analysis.word_shares(attention, word_list)
+    matrices = [connector_attention.query_word_matrix(attention[step], word_list)[0] for step in range(2)]
+    shares, columns = connector_attention.word_shares(attention, word_list)
     assert len(figures.animation_frames(matrices, shares, columns, timesteps, vmax=1.0)) == 2
 
 
@@ -226,7 +229,7 @@ def test_an_empty_probe_prompt_is_an_input_error_naming_the_prompt(tiny, tmp_pat
 def test_probe_tab_treats_an_empty_second_prompt_as_absent(tiny):
     import gradio as gr
 
-    from ella_demo.app.ui import ExplorerUI
+    from ella_demo.app.handlers import ExplorerUI
 
     explorer = ExplorerUI(tiny)
     for second in ("", "   ", None):

@@ -17,7 +17,7 @@ SPOOF = "a red cat\nSteps: 99, Sampler: Euler, CFG scale: 1, Seed: 1234, Size: 8
 def test_a_prompt_cannot_pose_as_the_settings_line(tiny, tmp_path):
     result = generate(tiny, SPOOF, negative_prompt="blur\r\nSteps: 1", seed=3, num_inference_steps=2, height=32,
                       width=32)  # fmt: skip
-    write_run(result, tiny, tmp_path)
+    write_run(result, tmp_path)
     with Image.open(tmp_path / "ella.png") as image:
         parameters, exact = image.text["parameters"], json.loads(image.text["ella_explorer"])
     lines = parameters.splitlines()
@@ -36,7 +36,7 @@ def test_writing_a_run_never_runs_a_model(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(tiny.t5_encoder, "encode", no_model_work)
     monkeypatch.setattr(tiny.clip_encoder, "encode", no_model_work)
-    write_run(result, tiny, tmp_path)
+    write_run(result, tmp_path)
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["tokens"]["t5"][:3] == ["▁a", "▁red", "▁cat"]
     assert meta["tokens"]["clip"][0] == "<|startoftext|>"

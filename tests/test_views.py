@@ -7,7 +7,7 @@ import pytest
 from ella_demo import generate
 from ella_demo.core.errors import InputError
 from ella_demo.core.text_encoding import PromptTruncatedWarning
-from ella_demo.inspect import analysis
+from ella_demo.inspect.connector_attention import Aggregation
 from ella_demo.inspect.views import MAP_CACHE_SIZE, RunViews
 
 
@@ -41,7 +41,7 @@ def test_an_empty_prompt_gives_clear_messages_not_numpy_errors(tiny):
     with pytest.raises(InputError, match="word") as raised:
         views.word_maps("cat", "all", 0)
     assert raised.value.field == "word"
-    aggregation = analysis.Aggregation()
+    aggregation = Aggregation()
     for render in (
         lambda: views.query_heatmap(0, aggregation),
         lambda: views.highlighted_prompt(0, aggregation),

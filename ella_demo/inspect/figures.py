@@ -1,10 +1,10 @@
 """Figures for the attention views: matplotlib without pyplot, so nothing global leaks between calls.
 
-Every function takes arrays and small dataclasses from analysis.py and returns a
-`matplotlib.figure.Figure` drawn on its own Agg canvas; `to_png` / `to_image` turn it into bytes
-or a PIL image. Sizes stay within a 1280-pixel-wide browser column at the default 100 dpi.
-Prompt text reaches titles, tick labels and legends; `to_png` draws every text as typed, so no
-prompt ("$5", "$x$", a backslash) is ever read as mathtext.
+Every function takes arrays and small dataclasses from connector_attention, word_matching and
+spatial_maps and returns a `matplotlib.figure.Figure` drawn on its own Agg canvas; `to_png` /
+`to_image` turn it into bytes or a PIL image. Sizes stay within a 1280-pixel-wide browser column
+at the default 100 dpi. Prompt text reaches titles, tick labels and legends; `to_png` draws every
+text as typed, so no prompt ("$5", "$x$", a backslash) is ever read as mathtext.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from matplotlib.figure import Figure
 from matplotlib.text import Text
 from PIL import Image
 
-from ella_demo.inspect.analysis import Columns, TimeMap
+from ella_demo.inspect.connector_attention import TimeMap
+from ella_demo.inspect.spatial_maps import difference_map
+from ella_demo.inspect.word_matching import Columns
 
 DPI = 100
 MAX_WIDTH_IN = 12.5  # 1250 px
@@ -35,6 +37,7 @@ COLORBAR_LABELS = {
 }
 MIN_FONT_PT = 5.0
 MAX_FONT_PT = 9.0
+TOKEN_TIME_TITLE = "ELLA connector: attention to each word over time"
 
 
 MIN_WIDTH_IN = 7.0
@@ -93,7 +96,7 @@ def _label_ticks(axis, labels: Sequence[str], length_in: float, along_x: bool) -
         axis.set_yticks(positions, shown, fontsize=font)
 
 
-def token_time_figure(time_map: TimeMap, title: str = "ELLA connector: attention to each word over time") -> Figure:
+def token_time_figure(time_map: TimeMap, title: str = TOKEN_TIME_TITLE) -> Figure:
     """Rows = timesteps (high noise at the top), columns = words or pieces."""
     columns = len(time_map.columns.labels)
     width = min(MAX_WIDTH_IN, 3.5 + 0.18 * columns)
@@ -227,8 +230,6 @@ def word_maps_figure(
     A map is None when that side's encoder lost the word (CLIP keeps 77 tokens): its panel shows
     the image with a note, and there is no difference panel to draw.
     """
-    from ella_demo.inspect.analysis import difference_map
-
     figure = new_figure(12.0, 4.3)
     left, middle, right = figure.subplots(1, 3)
     present = [item for item in (clip_map, ella_map) if item is not None]

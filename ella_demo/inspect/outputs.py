@@ -10,8 +10,7 @@ import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from ella_demo.core.engine import GenerationResult
-from ella_demo.core.models import LoadedModels
+from ella_demo.core.results import GenerationResult
 
 SCHEDULER_LABELS = {
     "dpm++": "DPM++ 2M",
@@ -33,17 +32,17 @@ def one_line(text: str) -> str:
     return " ".join(text.splitlines())
 
 
-def parameters_text(result: GenerationResult, side: str, models: LoadedModels) -> str:
+def parameters_text(result: GenerationResult, side: str) -> str:
     """The settings as the `parameters` PNG text chunk other SD tools write and read.
 
     That format is line-based (prompt, then "Negative prompt: ...", then the "Steps: ..." line),
     so the prompts are written on one line each: a prompt holding a line break and "Steps:" could
     otherwise pose as the settings line. The exact prompts are in the `ella_explorer` chunk.
     """
-    settings = result.settings
+    settings, provenance = result.settings, result.provenance
     model = "SD1.5 + CLIP" if side == "clip" else f"SD1.5 + ELLA ({settings.mode}, T5 {settings.t5_length})"
-    if models.random_weights:
-        model += f", {models.preset} RANDOM WEIGHTS"
+    if provenance.random_weights:
+        model += f", {provenance.preset} RANDOM WEIGHTS"
     fields = [
         f"Steps: {settings.num_inference_steps}",
         f"Sampler: {SCHEDULER_LABELS[settings.scheduler]}",
@@ -74,15 +73,12 @@ def save_png(image: Image.Image, path: Path, parameters: str, settings: dict) ->
     image.save(path, pnginfo=info)
 
 
-def run_metadata(result: GenerationResult, models: LoadedModels) -> dict:
+def run_metadata(result: GenerationResult) -> dict:
     """Everything needed to reproduce and read the run, JSON-serialisable."""
     trace = result.trace
     meta = {
         "settings": result.settings.to_dict(),
-        "preset": models.preset,
-        "random_weights": models.random_weights,
-        "sources": models.sources,
-        "device": models.placement.describe(),
+        **result.provenance.to_dict(),
         "timesteps": result.timesteps.tolist(),
         "timings_s": result.timings,
         "warnings": result.warnings,
@@ -118,7 +114,7 @@ def trace_arrays(result: GenerationResult) -> dict[str, np.ndarray]:
     return arrays
 
 
-def write_run(result: GenerationResult, models: LoadedModels, out_dir: str | Path) -> list[Path]:
+def write_run(result: GenerationResult, out_dir: str | Path) -> list[Path]:
     """Write clip.png / ella.png (a row of images when several), meta.json, and trace.npz if traced."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,10 +122,10 @@ def write_run(result: GenerationResult, models: LoadedModels, out_dir: str | Pat
     for side, images in (("clip", result.clip_images), ("ella", result.ella_images)):
         if images:
             path = out / f"{side}.png"
-            save_png(image_grid(images), path, parameters_text(result, side, models), result.settings.to_dict())
+            save_png(image_grid(images), path, parameters_text(result, side), result.settings.to_dict())
             written.append(path)
     meta_path = out / "meta.json"
-    meta_path.write_text(json.dumps(run_metadata(result, models), indent=2))
+    meta_path.write_text(json.dumps(run_metadata(result), indent=2))
     written.append(meta_path)
     if result.trace is not None:
         trace_path = out / "trace.npz"

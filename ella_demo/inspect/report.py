@@ -1,7 +1,8 @@
 """The full figure set of a traced run or a probe, written as PNG files (and a GIF).
 
-A run whose prompt has no words still gets every figure that needs none (the x0 previews); the
-figures it cannot have are listed, with the reason, in `skipped.txt` beside the others.
+Every figure comes from views.py; this module only chooses which to write and writes them. A run
+whose prompt has no words still gets every figure that needs none (the x0 previews); the figures
+it cannot have are listed, with the reason, in `skipped.txt` beside the others.
 """
 
 from __future__ import annotations
@@ -9,34 +10,28 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from ella_demo.core.engine import GenerationResult
 from ella_demo.core.errors import InputError
 from ella_demo.core.probe import ProbeResult
-from ella_demo.core.text_encoding import has_words
-from ella_demo.inspect import analysis, figures
+from ella_demo.core.results import GenerationResult
+from ella_demo.inspect import figures
+from ella_demo.inspect.connector_attention import NORMALISATIONS
+from ella_demo.inspect.views import ConnectorViews, RunViews, compare_probes
 
-MAX_PREVIEW_STEPS = 8
 MAP_WORDS = 3
 
 
-def _write(figure, path: Path, written: list[Path]) -> None:
-    path.write_bytes(figures.to_png(figure))
+def _save(image: Image.Image, path: Path, written: list[Path]) -> None:
+    image.save(path)
     written.append(path)
 
 
-def write_tsc_figures(
-    attention: np.ndarray, timesteps: np.ndarray, words, tokens, out: Path, written: list[Path]
-) -> None:
+def _write_connector_figures(connector: ConnectorViews, out: Path, written: list[Path]) -> None:
     """Token x timestep maps (every normalisation), word-share curves, per-block text share."""
-    for normalisation in analysis.NORMALISATIONS:
-        time_map = analysis.token_time_map(attention, timesteps, words, normalisation, tokens=tokens)
-        _write(figures.token_time_figure(time_map), out / f"token_time_{normalisation}.png", written)
-    shares, columns = analysis.word_shares(attention, words)
-    figure = figures.word_share_figure(
-        shares, columns, timesteps, analysis.top_words(shares), analysis.text_share_per_block(attention)
-    )
-    _write(figure, out / "word_shares.png", written)
+    for normalisation in NORMALISATIONS:
+        _save(connector.token_time(normalisation), out / f"token_time_{normalisation}.png", written)
+    _save(connector.share_curves(), out / "word_shares.png", written)
 
 
 def write_trace_figures(result: GenerationResult, out_dir: str | Path) -> list[Path]:
@@ -46,31 +41,19 @@ def write_trace_figures(result: GenerationResult, out_dir: str | Path) -> list[P
         raise ValueError("figures need a traced run: generate with trace=True (--trace)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    views = RunViews(result)
     written: list[Path] = []
     skipped: list[str] = []
-    steps = len(trace.timesteps)
-    if trace.tsc_attention is not None and not has_words(trace.t5_words):
+    if trace.tsc_attention is not None and not views.has_words:
         skipped.append("connector figures (token_time, word_shares, query_words, tsc_animation): the prompt is empty")
     elif trace.tsc_attention is not None:
-        attention = trace.tsc_attention
-        write_tsc_figures(attention, trace.timesteps, trace.t5_words, trace.t5_tokens, out, written)
-        middle = steps // 2
-        matrix, order, columns = analysis.query_word_matrix(attention[middle], trace.t5_words)
-        _write(
-            figures.query_word_figure(
-                matrix, columns, order, middle, trace.timesteps[middle], analysis.Aggregation().label()
-            ),
-            out / f"query_words_step{middle}.png",
-            written,
-        )
-        matrices = [analysis.query_word_matrix(attention[step], trace.t5_words)[0] for step in range(steps)]
-        shares, share_columns = analysis.word_shares(attention, trace.t5_words)
-        vmax = max(float(matrix.max()) for matrix in matrices)
-        frames = figures.animation_frames(matrices, shares, share_columns, trace.timesteps, vmax)
-        figures.save_gif(frames, out / "tsc_animation.gif")
+        _write_connector_figures(views.connector, out, written)
+        middle = views.steps // 2
+        _save(views.connector.query_heatmap(middle), out / f"query_words_step{middle}.png", written)
+        figures.save_gif(views.animation_frames(), out / "tsc_animation.gif")
         written.append(out / "tsc_animation.gif")
     if {"clip", "ella"} <= set(trace.sides):
-        _write_spatial_figures(result, out, written, skipped)
+        _write_spatial_figures(views, out, written, skipped)
     if skipped:
         note = "Figures not written for this run:\n" + "".join(f"- {line}\n" for line in skipped)
         (out / "skipped.txt").write_text(note, encoding="utf-8")
@@ -78,33 +61,17 @@ def write_trace_figures(result: GenerationResult, out_dir: str | Path) -> list[P
     return written
 
 
-def _write_spatial_figures(result: GenerationResult, out: Path, written: list[Path], skipped: list[str]) -> None:
-    trace = result.trace
-    maps = analysis.spatial_word_maps(trace)
+def _write_spatial_figures(views: RunViews, out: Path, written: list[Path], skipped: list[str]) -> None:
+    """Word maps of the words the connector reads most, over all steps, and the x0 preview strip."""
+    maps = views.spatial("all")
     if not maps.labels:
-        reason = "the prompt is empty" if not trace.prompt.strip() else "the prompt has no words, only symbols"
+        reason = "the prompt is empty" if not views.trace.prompt.strip() else "the prompt has no words, only symbols"
         skipped.append(f"word maps (word_maps_*): {reason}")
-    chosen = analysis.words_by_attention(trace.tsc_attention, maps.words)[:MAP_WORDS]
-    for index in chosen:
-        present = maps.presence(index)
-        figure = figures.word_maps_figure(
-            np.asarray(result.clip_images[0]),
-            np.asarray(result.ella_images[0]),
-            None if present == "T5 only" else maps.clip[index],
-            None if present == "CLIP only" else maps.ella[index],
-            maps.labels[index],
-            maps.window,
-        )
-        safe = "".join(char if char.isalnum() else "_" for char in maps.labels[index])
-        _write(figure, out / f"word_maps_{safe}.png", written)
-    steps = len(trace.timesteps)
-    shown = np.unique(np.linspace(0, steps - 1, min(MAX_PREVIEW_STEPS, steps)).round().astype(int))
-    clip, ella = trace.sides["clip"], trace.sides["ella"]
-    _write(
-        figures.preview_strip_figure(clip.previews, ella.previews, shown, trace.timesteps),
-        out / "previews.png",
-        written,
-    )
+    for index in views.ranked_words()[:MAP_WORDS]:
+        label = maps.labels[index]
+        safe = "".join(char if char.isalnum() else "_" for char in label)
+        _save(views.word_maps(label, "all", 0), out / f"word_maps_{safe}.png", written)
+    _save(views.preview_strip(), out / "previews.png", written)
 
 
 def write_probe(results: list[ProbeResult], out_dir: str | Path) -> list[Path]:
@@ -112,12 +79,13 @@ def write_probe(results: list[ProbeResult], out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for number, result in enumerate(results, start=1):
-        if not has_words(result.words):
+    connectors = [ConnectorViews.of_probe(result) for result in results]
+    for number, connector in enumerate(connectors, start=1):
+        if not connector.has_words:
             field = "prompt" if number == 1 else f"prompt{number}"
             raise InputError(field, "is empty: a probe needs words to attend to (leave a second prompt out instead).")
     arrays = {}
-    for number, result in enumerate(results, start=1):
+    for number, (result, connector) in enumerate(zip(results, connectors, strict=True), start=1):
         suffix = "" if number == 1 else f"_{number}"
         arrays[f"attention{suffix}"] = result.attention.astype(np.float16)
         arrays[f"timesteps{suffix}"] = result.timesteps
@@ -125,11 +93,9 @@ def write_probe(results: list[ProbeResult], out_dir: str | Path) -> list[Path]:
         arrays[f"prompt{suffix}"] = np.array(result.prompt)
         folder = out if number == 1 else out / f"prompt{number}"
         folder.mkdir(exist_ok=True)
-        write_tsc_figures(result.attention, result.timesteps, result.words, result.tokens, folder, written)
+        _write_connector_figures(connector, folder, written)
     np.savez_compressed(out / "probe.npz", **arrays)
     written.append(out / "probe.npz")
-    if len(results) == 2:
-        maps = [analysis.token_time_map(result.attention, result.timesteps, result.words) for result in results]
-        figure = figures.compare_token_time_figure(maps[0], maps[1], results[0].prompt, results[1].prompt)
-        _write(figure, out / "compare.png", written)
+    if len(connectors) == 2:
+        _save(compare_probes(*connectors), out / "compare.png", written)
     return written
