@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from ella_demo.app.ui import ServingLimits, build_app, launch_app
-from ella_demo.cli import USER_ERRORS, add_model_arguments, describe_error, load_from_args
+from ella_demo.app import ServingLimits, build_app, launch_app
+from ella_demo.cli.arguments import USER_ERRORS, add_model_arguments, describe_error, load_from_args
 
 
 def positive_int(text: str) -> int:

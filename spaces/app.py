@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from ella_demo import load_models
-from ella_demo.app.ui import build_app, launch_app
+from ella_demo.app import build_app, launch_app
 
 GPU_SECONDS = 120  # one 25-step pair with tracing, with room for the first call's warm-up
 

@@ -62,10 +62,10 @@ def hub_layout(tiny, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def server(tiny):
     """The app on the tiny preset, served on a free localhost port for the whole session."""
-    from ella_demo.app import ui
+    from ella_demo.app import build_app, launch_app
 
-    app = ui.build_app(tiny)
+    app = build_app(tiny)
     port = free_port()
-    ui.launch_app(app, port=port, prevent_thread_lock=True, quiet=True)
+    launch_app(app, port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/"
     app.close()

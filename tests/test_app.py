@@ -18,7 +18,8 @@ from PIL import Image
 from tests_support import free_port
 
 from ella_demo import generate
-from ella_demo.app import ui
+from ella_demo.app import ServingLimits, build_app, handlers, launch_app, serving
+from ella_demo.app.compare_tab import GENERATE_OUTPUTS, example_prompts
 from ella_demo.inspect.views import RunViews
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -31,18 +32,22 @@ def client(server):
     return Client(server, verbose=False)
 
 
+def generated(result: tuple) -> dict:
+    """The generate endpoint's outputs by name (its API leaves out the session state)."""
+    return dict(zip([name for name in GENERATE_OUTPUTS if name != "session"], result, strict=True))
+
+
 def test_generate_returns_both_images_and_the_trace_views(client):
-    result = client.predict(prompt="a red cat on a blue chair", seed=7, api_name="/generate", **FAST)
-    clip, ella, everything, notes, step, word = result[:6]
-    clip_preview, ella_preview, query_map, highlight, word_maps, token_time, curves = result[6:]
-    assert Image.open(clip).size == (64, 64) and Image.open(ella).size == (64, 64)
-    assert [entry["caption"] for entry in everything] == ["CLIP 1", "ELLA 1"]
-    assert "Seed used: 7" in notes and "Random weights" in notes
-    assert step["maximum"] == 2
-    assert [entry["token"] for entry in highlight] == ["a", "red", "cat", "on", "a", "blue", "chair"]
+    result = generated(client.predict(prompt="a red cat on a blue chair", seed=7, api_name="/generate", **FAST))
+    assert Image.open(result["clip_image"]).size == (64, 64) and Image.open(result["ella_image"]).size == (64, 64)
+    assert [entry["caption"] for entry in result["gallery"]] == ["CLIP 1", "ELLA 1"]
+    assert "Seed used: 7" in result["notes"] and "Random weights" in result["notes"]
+    assert result["step"]["maximum"] == 2
+    assert [entry["token"] for entry in result["highlighted"]] == ["a", "red", "cat", "on", "a", "blue", "chair"]
+    word = result["word"]
     assert word["value"] in [choice[0] for choice in word["choices"]]
-    for path in (clip_preview, ella_preview, query_map, word_maps, token_time, curves):
-        assert Image.open(path).width > 0
+    for name in ("clip_preview", "ella_preview", "query_map", "word_maps", "token_time", "curves"):
+        assert Image.open(result[name]).width > 0
 
 
 def test_probe_endpoint_draws_one_or_two_prompts(client):
@@ -58,13 +63,13 @@ def test_bad_input_returns_the_specific_error(client):
 
 
 def test_empty_prompt_is_allowed(client):
-    result = client.predict(prompt="", api_name="/generate", **FAST)
-    assert result[0] and result[1]
+    result = generated(client.predict(prompt="", api_name="/generate", **FAST))
+    assert result["clip_image"] and result["ella_image"]
 
 
 def test_very_long_prompt_is_truncated_with_a_visible_warning(client):
     prompt = ("a red cat sitting on a blue chair next to a green lamp " * 60)[:3000]
-    notes = client.predict(prompt=prompt, t5_length="128", api_name="/generate", **FAST)[3]
+    notes = generated(client.predict(prompt=prompt, t5_length="128", api_name="/generate", **FAST))["notes"]
     assert "CLIP: The prompt is" in notes and "T5: The prompt is" in notes
     assert "tokens were dropped" in notes
 
@@ -73,18 +78,19 @@ def test_concurrent_clients_get_their_own_results(server):
     prompts = {"a red cat on a blue chair": 1, "three white birds above a dark forest": 2}
 
     def run(prompt: str):
-        return Client(server, verbose=False).predict(prompt=prompt, seed=prompts[prompt], api_name="/generate", **FAST)
+        client = Client(server, verbose=False)
+        return generated(client.predict(prompt=prompt, seed=prompts[prompt], api_name="/generate", **FAST))
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = dict(zip(prompts, pool.map(run, prompts), strict=True))
     for prompt, result in results.items():
-        assert " ".join(entry["token"] for entry in result[9]) == prompt
-        assert f"Seed used: {prompts[prompt]}" in result[3]
+        assert " ".join(entry["token"] for entry in result["highlighted"]) == prompt
+        assert f"Seed used: {prompts[prompt]}" in result["notes"]
 
 
 def test_one_failing_request_does_not_break_the_next(client, monkeypatch):
     calls = []
-    real_generate = ui.generate
+    real_generate = handlers.generate
 
     def out_of_memory_once(*args, **kwargs):
         calls.append(1)
@@ -92,11 +98,11 @@ def test_one_failing_request_does_not_break_the_next(client, monkeypatch):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return real_generate(*args, **kwargs)
 
-    monkeypatch.setattr(ui, "generate", out_of_memory_once)
+    monkeypatch.setattr(handlers, "generate", out_of_memory_once)
     with pytest.raises(Exception, match="ran out of memory for this request"):
         client.predict(prompt="a cat", api_name="/generate", **FAST)
-    result = client.predict(prompt="a cat", api_name="/generate", **FAST)
-    assert result[0] and result[1]
+    result = generated(client.predict(prompt="a cat", api_name="/generate", **FAST))
+    assert result["clip_image"] and result["ella_image"]
 
 
 def test_serving_defaults_are_local_and_private():
@@ -108,13 +114,13 @@ def test_serving_defaults_are_local_and_private():
 
 
 def test_views_need_a_run_first(tiny):
-    explorer = ui.ExplorerUI(tiny)
+    explorer = handlers.ExplorerUI(tiny)
     with pytest.raises(Exception, match="Generate an image pair first"):
         explorer.on_step(None, 1, "mean", "mean", "cat", "all")
 
 
 def test_example_prompts_are_many_and_dense():
-    prompts = ui.example_prompts()
+    prompts = example_prompts()
     assert len(prompts) >= 12
     assert all(len(prompt.split()) >= 12 for prompt in prompts)
 
@@ -126,7 +132,7 @@ def test_example_prompts_are_many_and_dense():
 def launched(tiny, monkeypatch):
     """Start a fresh app with given limits; records each run's steps (or how it ended) in `steps`."""
     steps: list = []
-    real_generate = ui.generate
+    real_generate = handlers.generate
 
     def recording_generate(*args, progress, **kwargs):
         def after_step(done, total):
@@ -139,13 +145,13 @@ def launched(tiny, monkeypatch):
             steps.append(type(error).__name__)
             raise
 
-    monkeypatch.setattr(ui, "generate", recording_generate)
+    monkeypatch.setattr(handlers, "generate", recording_generate)
     apps = []
 
-    def launch(limits: ui.ServingLimits = ui.ServingLimits()):  # noqa: B008 - frozen dataclass
-        app = ui.build_app(tiny, limits=limits)
+    def launch(limits: ServingLimits = ServingLimits()):  # noqa: B008 - frozen dataclass
+        app = build_app(tiny, limits=limits)
         port = free_port()
-        ui.launch_app(app, port=port, prevent_thread_lock=True, quiet=True, limits=limits)
+        launch_app(app, port=port, prevent_thread_lock=True, quiet=True, limits=limits)
         apps.append(app)
         return f"http://127.0.0.1:{port}/", app, steps
 
@@ -162,21 +168,23 @@ def wait_for(condition, seconds: float = 60) -> None:
 
 
 def test_every_model_handler_shares_one_concurrency_group_and_views_do_not(tiny):
-    app = ui.build_app(tiny, limits=ui.ServingLimits(concurrency=2))
+    app = build_app(tiny, limits=ServingLimits(concurrency=2))
     groups = {}
     for block_fn in app.fns.values():
         name = getattr(block_fn.fn, "__name__", "")
         groups.setdefault(name, set()).add((block_fn.concurrency_id, block_fn.concurrency_limit))
-    assert groups["run_generate"] == {(ui.MODEL_WORK, 2)}  # the button and Enter in the prompt
-    assert groups["run_probe"] == {(ui.MODEL_WORK, 2)}
+    assert groups["run_generate"] == {(serving.MODEL_WORK, 2)}  # the button and Enter in the prompt
+    assert groups["run_probe"] == {(serving.MODEL_WORK, 2)}
     for view in ("on_step", "on_word", "on_time_controls", "on_select", "animation", "download"):
-        assert all(group != ui.MODEL_WORK and limit == ui.VIEW_CONCURRENCY for group, limit in groups[view]), view
-    assert app._queue.max_size == ui.ServingLimits().max_queue
+        assert all(
+            group != serving.MODEL_WORK and limit == serving.VIEW_CONCURRENCY for group, limit in groups[view]
+        ), view
+    assert app._queue.max_size == ServingLimits().max_queue
 
 
 def test_overlapping_generate_and_probe_run_one_at_a_time(launched, monkeypatch):
     spans = {}
-    real_probe = ui.probe
+    real_probe = handlers.probe
 
     def slow_probe(*args, **kwargs):
         started = time.monotonic()
@@ -185,8 +193,8 @@ def test_overlapping_generate_and_probe_run_one_at_a_time(launched, monkeypatch)
         spans.setdefault("probe", []).append((started, time.monotonic()))
         return result
 
-    monkeypatch.setattr(ui, "probe", slow_probe)
-    url, _, steps = launched(ui.ServingLimits(concurrency=1))
+    monkeypatch.setattr(handlers, "probe", slow_probe)
+    url, _, steps = launched(ServingLimits(concurrency=1))
     generating = Client(url, verbose=False).submit(prompt="a red cat", steps=40, api_name="/generate", **SMALL_SIZE)
     wait_for(lambda: len(steps) >= 1)
     generate_started = time.monotonic()
@@ -204,7 +212,7 @@ def test_stop_button_ends_the_run_between_steps(launched):
     job = client.submit(prompt="a red cat", steps=150, api_name="/generate", **SMALL_SIZE)
     wait_for(lambda: len(steps) >= 2)
     client.predict(api_name="/stop")
-    notes = job.result(timeout=120)[3]
+    notes = generated(job.result(timeout=120))["notes"]
     assert steps[-1] == "GenerationCancelledError"
     assert max(step for step in steps if isinstance(step, int)) < 150
     assert notes.startswith("⏹️ Stopped after step")
@@ -289,16 +297,16 @@ def test_internal_errors_are_logged_and_shown_as_such(client, monkeypatch, caplo
     def broken(*args, **kwargs):
         raise KeyError("secret internal detail")
 
-    monkeypatch.setattr(ui, "generate", broken)
+    monkeypatch.setattr(handlers, "generate", broken)
     with pytest.raises(Exception, match="Internal error: this is a bug in ELLA Explorer") as raised:
         client.predict(prompt="a cat", api_name="/generate", **FAST)
     assert "secret internal detail" not in str(raised.value)
-    logged = [record for record in caplog.records if record.name == "ella_demo.app.ui"]
+    logged = [record for record in caplog.records if record.name == "ella_demo.app.checks"]
     assert logged and "secret internal detail" in logged[-1].exc_text
 
 
 def test_official_seeding_is_said_in_the_notes(client):
-    notes = client.predict(prompt="a cat", seeding="official", seed=5, api_name="/generate", **FAST)[3]
+    notes = generated(client.predict(prompt="a cat", seeding="official", seed=5, api_name="/generate", **FAST))["notes"]
     assert "Seed used: 5** (official: one cpu generator per image, seed 5)" in notes
 
 
@@ -309,7 +317,7 @@ def test_uploads_over_the_size_limit_are_refused(server):
 
 
 def test_pixel_clicks_outside_the_image_are_named(tiny):
-    explorer = ui.ExplorerUI(tiny)
+    explorer = handlers.ExplorerUI(tiny)
     views = RunViews(generate(tiny, "a red cat", trace=True, num_inference_steps=2, height=32, width=32))
     for position in ([32, 5], [-1, 0], [float("nan"), 3], ["x", 1], [1]):
         event = SimpleNamespace(index=position)
@@ -319,7 +327,7 @@ def test_pixel_clicks_outside_the_image_are_named(tiny):
 
 
 def test_view_controls_are_checked(tiny):
-    explorer = ui.ExplorerUI(tiny)
+    explorer = handlers.ExplorerUI(tiny)
     views = RunViews(generate(tiny, "a red cat", trace=True, num_inference_steps=2, height=32, width=32))
     with pytest.raises(gr.Error, match="Step must be from 1 to 2 for this run, got 0"):
         explorer.on_step(views, 0, "mean", "mean", None, "all")
@@ -332,14 +340,14 @@ def test_view_controls_are_checked(tiny):
 
 
 def test_export_folders_stay_bounded(tiny):
-    explorer = ui.ExplorerUI(tiny)
+    explorer = handlers.ExplorerUI(tiny)
     views = RunViews(generate(tiny, "a red cat", trace=True, num_inference_steps=2, height=32, width=32))
-    paths = [explorer.animation(views, "mean", "mean") for _ in range(ui.EXPORTS_KEPT + 4)]
-    assert explorer.exports.count() == ui.EXPORTS_KEPT
+    paths = [explorer.animation(views, "mean", "mean") for _ in range(serving.EXPORTS_KEPT + 4)]
+    assert explorer.exports.count() == serving.EXPORTS_KEPT
     assert Path(paths[-1]).is_file() and not Path(paths[0]).exists()
     explorer.exports.close()
     assert explorer.exports.count() == 0
 
 
 def test_serving_caps_malloc_arenas_where_glibc_is():
-    assert ui.limit_malloc_arenas() is sys.platform.startswith("linux")  # a no-op elsewhere
+    assert serving.limit_malloc_arenas() is sys.platform.startswith("linux")  # a no-op elsewhere

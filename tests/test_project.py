@@ -100,10 +100,10 @@ def test_a_wheel_holds_the_package_data(tmp_path):
 
 
 def test_the_example_prompts_are_read_from_the_package():
-    from ella_demo.app import ui
+    from ella_demo.app.compare_tab import example_prompts
 
     shipped = json.loads(resources.files("ella_demo.app").joinpath("example_prompts.json").read_text(encoding="utf-8"))
-    assert ui.example_prompts() == [entry["prompt"] for entry in shipped]
+    assert example_prompts() == [entry["prompt"] for entry in shipped]
 
 
 def test_tests_and_package_need_nothing_outside_the_repository():
