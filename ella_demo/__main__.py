@@ -1,4 +1,4 @@
-"""`python -m ella_demo`: see cli.py."""
+"""`python -m ella_demo`: see ella_demo/cli."""
 
 import sys
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from ella_demo import bench, generate, load_models
+from ella_demo import generate, load_models
+from ella_demo.bench import speed, trace_size
 from ella_demo.cli import main
 from ella_demo.loading.shipped import package_config_dir
 
@@ -24,7 +25,7 @@ def models():
 
 @pytest.fixture(scope="module")
 def report(models):
-    return bench.run_benchmark(models, **SMALL)
+    return speed.run_benchmark(models, **SMALL)
 
 
 def test_report_has_cold_and_warm_figures_and_both_ratios(report):
@@ -57,16 +58,16 @@ def test_clear_caches_makes_the_next_run_encode_again(models):
     prompt = "a red cat on a blue chair"
     options = {"num_inference_steps": 2, "height": 32, "width": 32}
     generate(models, prompt, **options)
-    bench.clear_caches(models)
-    assert bench.cache_misses(models) == {"t5": 0, "clip": 0, "connector": 0}
+    speed.clear_caches(models)
+    assert speed.cache_misses(models) == {"t5": 0, "clip": 0, "connector": 0}
     generate(models, prompt, **options)
-    assert bench.cache_misses(models) == {"t5": 2, "clip": 2, "connector": 2}
+    assert speed.cache_misses(models) == {"t5": 2, "clip": 2, "connector": 2}
     generate(models, prompt, **options)
-    assert bench.cache_misses(models) == {"t5": 2, "clip": 2, "connector": 2}
+    assert speed.cache_misses(models) == {"t5": 2, "clip": 2, "connector": 2}
 
 
 def test_table_shows_cold_and_warm_side_by_side(report):
-    table = bench.format_table(report)
+    table = speed.format_table(report)
     header = next(line for line in table.splitlines() if line.startswith("seconds"))
     assert header.split() == ["seconds", "cold", "warm"]
     for label in (*SIDES, "ella / clip", "diffusers_clip_s", "trace_overhead", "cache misses"):
@@ -78,7 +79,7 @@ def attn2_layers(unet: UNet2DConditionModel) -> list[str]:
 
 
 def test_trace_geometry_has_sd15_layout():
-    models = bench.sd15_trace_geometry()
+    models = trace_size.sd15_trace_geometry()
     config = json.loads((package_config_dir("sd15") / "unet" / "config.json").read_text())
     with torch.device("meta"):
         sd15_unet = UNet2DConditionModel.from_config(config)
@@ -92,7 +93,7 @@ def test_trace_geometry_has_sd15_layout():
 
 
 def test_trace_size_has_sd15_shapes_at_512(tmp_path):
-    report = bench.measure_trace_size(steps=(2,))
+    report = trace_size.measure_trace_size(steps=(2,))
     (run,) = report["runs"]
     shapes = {name: tuple(info["shape"]) for name, info in run["arrays"].items()}
     length = run["t5_tokens"]
@@ -108,7 +109,7 @@ def test_trace_size_has_sd15_shapes_at_512(tmp_path):
     assert run["memory_bytes"] == sum(info["bytes"] for info in run["arrays"].values())
     assert run["memory_bytes"] == sum(run["group_bytes"].values())
     assert 0 < run["npz_bytes"] <= run["npz_uncompressed_bytes"]
-    assert "tsc" in bench.format_trace_sizes(report)
+    assert "tsc" in trace_size.format_trace_sizes(report)
 
 
 def test_trace_size_command_refuses_model_choices(capsys):

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from ella_demo import cli, generate
-from ella_demo.cli import main
+from ella_demo.cli import arguments, main, prompt
 from ella_demo.core.devices import DeviceError
 from ella_demo.core.errors import ExplorerError
 from ella_demo.loading.hub import ModelSourceError
@@ -100,7 +100,7 @@ def no_loading(monkeypatch):
     def refuse(args):
         pytest.fail("a model was loaded although the arguments were unusable")
 
-    monkeypatch.setattr(cli, "load_from_args", refuse)
+    monkeypatch.setattr(arguments, "load_from_args", refuse)
 
 
 def refused(argv: list[str], capsys) -> str:
@@ -201,7 +201,7 @@ def test_an_internal_error_keeps_its_traceback(monkeypatch, tmp_path):
     def broken(args):
         raise ValueError("an internal bug")
 
-    monkeypatch.setattr(cli, "load_from_args", broken)
+    monkeypatch.setattr(arguments, "load_from_args", broken)
     with pytest.raises(ValueError, match="an internal bug"):
         main([*GENERATE, *SMALL, "--out", str(tmp_path)])
 
@@ -222,7 +222,7 @@ def test_model_flags_reach_load_models(monkeypatch, tiny, tmp_path):
         calls.append((preset, options))
         return tiny
 
-    monkeypatch.setattr(cli, "load_models", fake_load_models)
+    monkeypatch.setattr(arguments, "load_models", fake_load_models)
     cache = tmp_path / "hub-cache"
     argv = [*GENERATE, *SMALL, "--t5-dtype", "fp32", "--cache-dir", str(cache), "--out", str(tmp_path / "out")]
     assert main(argv) == 0
@@ -266,7 +266,7 @@ class RecordingBar:
 def test_progress_bar_total_is_the_steps_the_scheduler_runs(monkeypatch, tmp_path):
     """PNDM runs one step more than asked: the bar must count to what generate reports."""
     bars = []
-    monkeypatch.setattr(cli, "tqdm", lambda *args, **options: bars.append(RecordingBar(**options)) or bars[-1])
+    monkeypatch.setattr(prompt, "tqdm", lambda *args, **options: bars.append(RecordingBar(**options)) or bars[-1])
     argv = [*GENERATE, "--steps", "3", "--height", "32", "--width", "32", "--scheduler", "pndm", "--out", str(tmp_path)]
     assert main(argv) == 0
     [bar] = bars

@@ -15,12 +15,21 @@ from PIL import Image
 from tests_support import free_port
 
 from ella_demo.core.errors import InputError
+from ella_demo.core.settings import GenerationSettings
 from ella_demo.dpg import data as dpg
+from ella_demo.dpg import scoring
 from ella_demo.dpg.generation import generate_grids, grid_is_valid, make_grid, shard
 from ella_demo.dpg.vqa import answer_with_model, read_answers, split_grid
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).parent / "data" / "dpg"
+
+
+def grid_settings(resolution: int, steps: int) -> GenerationSettings:
+    """What `dpg generate --resolution R --steps S` asks of every grid."""
+    return GenerationSettings(prompt="", height=resolution, width=resolution, num_inference_steps=steps, num_images=4)
+
+
 QUIRKS = Path(__file__).parent / "data" / "dpg_quirks"
 
 
@@ -60,7 +69,7 @@ def test_loader_errors_name_what_is_wrong(fixture_dir):
 
 
 def test_scoring_matches_hand_computed_values():
-    report = dpg.score(dpg.load_bench(FIXTURE), read_answers(FIXTURE / "answers.csv"))
+    report = scoring.score(dpg.load_bench(FIXTURE), read_answers(FIXTURE / "answers.csv"))
     # item_a tiles: all yes = 1; q1 "no" zeroes q2 and, through it, q3 = 1/4; "Yes." is not "yes" and
     # zeroes q3, q4 "no" = 1/4; q3 "no" = 3/4  ->  56.25
     assert report.per_prompt["item_a"]["tiles"] == pytest.approx([100, 25, 25, 75])
@@ -95,9 +104,9 @@ def test_official_quirks_refuse_a_file_the_official_scorer_cannot_read():
 # and prompts/q_none.txt has answers but no questions.
 
 
-def quirks_report() -> dpg.Report:
+def quirks_report() -> scoring.Report:
     bench = dpg.load_bench(QUIRKS, official_quirks=True)
-    return dpg.score(bench, read_answers(QUIRKS / "answers.csv"), official_quirks=True)
+    return scoring.score(bench, read_answers(QUIRKS / "answers.csv"), official_quirks=True)
 
 
 def test_official_quirks_read_the_rows_like_the_official_scorer():
@@ -184,7 +193,7 @@ def test_official_quirks_categories_come_from_the_tuple_and_the_last_tile_before
 
 
 def test_default_mode_differs_from_quirks_on_the_same_files():
-    report = dpg.score(dpg.load_bench(QUIRKS), read_answers(QUIRKS / "answers.csv"))
+    report = scoring.score(dpg.load_bench(QUIRKS), read_answers(QUIRKS / "answers.csv"))
     # q_drop keeps question 1: 1, 1/3 (2 zeroed), 1/3, 2/3  ->  7/12
     assert report.per_prompt["q_drop"]["score"] == pytest.approx(700 / 12)
     # q_split with all 4 questions (2 <- 1, 4 <- 3): 2/4, 3/4, 2/4, 1  ->  0.6875
@@ -201,7 +210,7 @@ def test_official_quirks_missing_parent_fails_only_when_the_check_reaches_it(tmp
     answers = read_answers(QUIRKS / "answers.csv")
     answers[("q_guard", 2, 1)] = "yes"  # now question 2's check passes parent 1 and reaches 9
     bench = dpg.load_bench(QUIRKS, official_quirks=True)
-    report = dpg.score(bench, answers, official_quirks=True)
+    report = scoring.score(bench, answers, official_quirks=True)
     assert "q_guard" not in report.per_prompt
     assert (
         "item q_guard not scored (absent from the overall and the categories): on tile 2, question 2 depends "
@@ -211,7 +220,7 @@ def test_official_quirks_missing_parent_fails_only_when_the_check_reaches_it(tmp
     assert report.overall == pytest.approx((0.75 + 0.4375 + 2 / 3 + 0.75) / 4 * 100)
     assert "global" not in report.categories_broad
     # The default mode ignores the unknown parent whatever the answers: tile 2 is 1 yes, 2 yes, 3 no = 2/3
-    default = dpg.score(dpg.load_bench(QUIRKS), answers)
+    default = scoring.score(dpg.load_bench(QUIRKS), answers)
     assert default.per_prompt["q_guard"]["tiles"][2] == pytest.approx(200 / 3)
 
 
@@ -250,7 +259,7 @@ def test_official_quirks_repeated_ids_replace_in_place_and_int_truncates(tmp_pat
     assert "row 6: proposition_id 3.7 is truncated to 3 by int()" in warnings
     # One pass in order: 1 (<- 2) sees 2 still at 1; then 2 (<- 1) sees 1 answered "no"
     answers = {("a", tile, pid): answer for tile in range(4) for pid, answer in ((1, "no"), (2, "yes"), (3, "yes"))}
-    report = dpg.score(bench, answers, official_quirks=True)
+    report = scoring.score(bench, answers, official_quirks=True)
     assert report.per_prompt["a"]["tiles"] == pytest.approx([100 / 3] * 4)
     # The default mode refuses both the decimal id and, without it, the repeated id
     with pytest.raises(dpg.DpgDataError, match=r"proposition_id '3\.7' is not a comma-separated list of integers"):
@@ -297,12 +306,12 @@ def test_official_quirks_numeric_item_ids_and_dotted_ids_match_no_image(tmp_path
     bench = dpg.load_bench(numeric, official_quirks=True)
     assert bench.questions == {} and "pandas reads item_id as numbers" in "\n".join(bench.warnings)
     answers = {("8", tile, 1): "yes" for tile in range(4)}
-    report = dpg.score(bench, answers, official_quirks=True)
+    report = scoring.score(bench, answers, official_quirks=True)
     assert math.isnan(report.overall) and report.per_prompt == {}
     assert "no prompt could be scored; the official scorer reports nan" in "\n".join(report.warnings)
     dotted = write_bench(tmp_path / "dotted", [row("z", "1", "0"), row("v1.5", "1", '"0,0"')], prompts=("v1.5",))
     bench = dpg.load_bench(dotted, official_quirks=True)
-    report = dpg.score(bench, {("v1.5", tile, 1): "yes" for tile in range(4)}, official_quirks=True)
+    report = scoring.score(bench, {("v1.5", tile, 1): "yes" for tile in range(4)}, official_quirks=True)
     assert report.per_prompt == {} and "file name up to the first '.' (v1)" in "\n".join(report.warnings)
 
 
@@ -311,7 +320,7 @@ def test_bench_and_scoring_modes_must_match_and_errors_are_user_errors():
 
     assert issubclass(dpg.DpgDataError, ExplorerError) and issubclass(dpg.DpgDataError, ValueError)
     with pytest.raises(ValueError, match="same official_quirks setting"):
-        dpg.score(dpg.load_bench(QUIRKS), {}, official_quirks=True)
+        scoring.score(dpg.load_bench(QUIRKS), {}, official_quirks=True)
 
 
 def test_dependency_chains_zero_in_any_order():
@@ -320,13 +329,13 @@ def test_dependency_chains_zero_in_any_order():
         dpg.Question("i", 2, (1,), "b", "b", "parent"),
         dpg.Question("i", 1, (), "a", "a", "root"),
     ]
-    assert dpg.tile_scores(questions, {1: "no", 2: "yes", 3: "yes"}) == {3: 0, 2: 0, 1: 0}
-    assert dpg.tile_scores(questions, {1: " YES ", 2: "yes", 3: "yes"}) == {3: 1, 2: 1, 1: 1}
+    assert scoring.tile_scores(questions, {1: "no", 2: "yes", 3: "yes"}) == {3: 0, 2: 0, 1: 0}
+    assert scoring.tile_scores(questions, {1: " YES ", 2: "yes", 3: "yes"}) == {3: 1, 2: 1, 1: 1}
 
 
 def test_report_files(tmp_path):
-    report = dpg.score(dpg.load_bench(FIXTURE), read_answers(FIXTURE / "answers.csv"))
-    json_path, csv_path = dpg.write_report(report, tmp_path / "report.json")
+    report = scoring.score(dpg.load_bench(FIXTURE), read_answers(FIXTURE / "answers.csv"))
+    json_path, csv_path = scoring.write_report(report, tmp_path / "report.json")
     saved = json.loads(json_path.read_text())
     assert saved["overall"] == pytest.approx(report.overall)
     assert set(saved["categories"]) == {"broad", "detailed"}
@@ -361,8 +370,8 @@ def test_grids_split_back_into_their_tiles_row_major():
 
 def test_generation_writes_valid_grids_and_resumes_without_redoing_work(tiny, tmp_path):
     prompts = dpg.load_prompts(FIXTURE)
-    settings = {"resolution": 32, "steps": 2}
-    first = generate_grids(tiny, {k: prompts[k] for k in ("item_a", "item_b")}, tmp_path, **settings)
+    settings = grid_settings(32, steps=2)
+    first = generate_grids(tiny, {k: prompts[k] for k in ("item_a", "item_b")}, tmp_path, settings)
     assert first == {"generated": 2, "skipped": 0}
     for model in ("clip", "ella"):
         assert grid_is_valid(tmp_path / model / "item_a.png", 32)
@@ -371,7 +380,7 @@ def test_generation_writes_valid_grids_and_resumes_without_redoing_work(tiny, tm
     # A killed run: one grid half-written, one missing. The rerun redoes only those.
     (tmp_path / "ella" / "item_b.png").write_bytes(b"\x89PNG truncated")
     before = (tmp_path / "clip" / "item_a.png").stat().st_mtime_ns
-    second = generate_grids(tiny, prompts, tmp_path, **settings)
+    second = generate_grids(tiny, prompts, tmp_path, settings)
     assert second == {"generated": 3, "skipped": 1}  # item_b (ella only), item_c, item_d
     assert (tmp_path / "clip" / "item_a.png").stat().st_mtime_ns == before
     assert all(grid_is_valid(tmp_path / "ella" / f"{item}.png", 32) for item in prompts)
@@ -379,7 +388,7 @@ def test_generation_writes_valid_grids_and_resumes_without_redoing_work(tiny, tm
 
 def test_scoring_with_a_model_answers_every_tile(tiny, tmp_path):
     prompts = dpg.load_prompts(FIXTURE)
-    generate_grids(tiny, prompts, tmp_path, model_names=("ella",), resolution=16, steps=1)
+    generate_grids(tiny, prompts, tmp_path, grid_settings(16, steps=1), model_names=("ella",))
     asked = []
 
     def answerer(image, questions):
@@ -390,7 +399,7 @@ def test_scoring_with_a_model_answers_every_tile(tiny, tmp_path):
     answers, notes = answer_with_model(bench, tmp_path / "ella", answerer)
     assert notes == []
     assert len(asked) == 3 * 4 and all(size == (16, 16) for size, _ in asked)
-    assert dpg.score(bench, answers).overall == pytest.approx(100)
+    assert scoring.score(bench, answers).overall == pytest.approx(100)
 
 
 def test_cli_round_trip_with_an_answers_file_and_a_chart(tmp_path):
@@ -481,20 +490,20 @@ def test_unknown_vqa_backend_is_a_clear_error():
 def test_app_tab_browses_grids_and_answers(tiny, tmp_path):
     from gradio_client import Client
 
-    from ella_demo.app import ui
+    from ella_demo.app import build_app, launch_app
     from ella_demo.dpg.browse import item_view, list_items
 
     prompts = dpg.load_prompts(FIXTURE)
-    generate_grids(tiny, {k: prompts[k] for k in ("item_a", "item_b")}, tmp_path, resolution=16, steps=1)
-    report = dpg.score(dpg.load_bench(FIXTURE), read_answers(FIXTURE / "answers.csv"))
-    dpg.write_report(report, tmp_path / "ella" / "report.json")
+    generate_grids(tiny, {k: prompts[k] for k in ("item_a", "item_b")}, tmp_path, grid_settings(16, steps=1))
+    report = scoring.score(dpg.load_bench(FIXTURE), read_answers(FIXTURE / "answers.csv"))
+    scoring.write_report(report, tmp_path / "ella" / "report.json")
     assert list_items(tmp_path) == ["item_a", "item_b"]
     with pytest.raises(InputError, match=r"must be an item of this results folder, got .*etc/passwd"):
         item_view(tmp_path, "../../etc/passwd")
 
-    app = ui.build_app(tiny, dpg_results=tmp_path)
+    app = build_app(tiny, dpg_results=tmp_path)
     port = free_port()
-    ui.launch_app(app, port=port, prevent_thread_lock=True, quiet=True, allowed_paths=[str(tmp_path)])
+    launch_app(app, port=port, prevent_thread_lock=True, quiet=True, allowed_paths=[str(tmp_path)])
     try:
         prompt, clip_grid, ella_grid, table = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
             "item_a", api_name="/dpg_item"
@@ -542,13 +551,11 @@ def test_browse_escapes_text_read_from_the_data_files(tmp_path):
 
 def launch_like_app_py(tiny, folder: Path, monkeypatch) -> tuple[str, object]:
     """Run app.py's main with --dpg-results, on the tiny models, on a free port; (root URL, app)."""
-    from ella_demo.app import ui
-
     sys.path.insert(0, str(REPO_ROOT))
     import app as app_py
 
     launched = {}
-    real_launch = ui.launch_app
+    real_launch = app_py.launch_app
 
     def launch(app, **options):
         launched["app"], launched["port"] = app, free_port()
@@ -556,8 +563,7 @@ def launch_like_app_py(tiny, folder: Path, monkeypatch) -> tuple[str, object]:
         return real_launch(app, **options)
 
     monkeypatch.setattr(app_py, "load_from_args", lambda args: tiny)
-    monkeypatch.setattr(ui, "launch_app", launch)
-    monkeypatch.setattr(app_py, "launch_app", launch, raising=False)  # app.py may import it at module level
+    monkeypatch.setattr(app_py, "launch_app", launch)
     assert app_py.main(["--preset", "tiny", "--dpg-results", str(folder)]) == 0
     return f"http://127.0.0.1:{launched['port']}/", launched["app"]
 
@@ -584,9 +590,9 @@ def test_app_serves_the_grids_it_shows_and_no_other_file_of_the_results_folder(t
 
 
 def test_app_tab_shows_the_first_item_on_load(tiny, tmp_path):
-    from ella_demo.app import ui
+    from ella_demo.app import build_app
 
-    app = ui.build_app(tiny, dpg_results=results_folder(tmp_path))
+    app = build_app(tiny, dpg_results=results_folder(tmp_path))
     (dependency,) = [entry for entry in app.config["dependencies"] if entry["api_name"] == "dpg_item"]
     assert "load" in [event for _, event in dependency["targets"]]  # the page's load event
     dropdown = next(block for block in app.blocks.values() if getattr(block, "elem_id", None) == "dpg-item")

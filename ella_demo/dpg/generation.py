@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from PIL import Image
 
 from ella_demo.core.engine import generate
 from ella_demo.core.models import LoadedModels
+from ella_demo.core.settings import GenerationSettings
 from ella_demo.inspect.outputs import package_versions
 
 MODEL_NAMES = ("clip", "ella")
@@ -61,56 +63,57 @@ def generate_grids(
     models: LoadedModels,
     prompts: dict[str, str],
     out_dir: str | Path,
+    settings: GenerationSettings,
     model_names: tuple[str, ...] = MODEL_NAMES,
-    resolution: int = 512,
-    seed: int = 0,
-    steps: int = 25,
-    guidance_scale: float = 10.0,
-    scheduler: str = "dpm++",
-    rank: int = 0,
-    world: int = 1,
+    shard_of: tuple[int, int] = (0, 1),
     progress: Callable[[str, bool], None] | None = None,
 ) -> dict[str, int]:
     """Write OUT/<model>/<item_id>.png for this process's share of the prompts.
 
+    `settings`: every grid's generation settings (square, 4 images; each item sets its prompt and
+    the sides still missing). `shard_of`: (rank, world), this process's place among all of them.
     Returns counts of grids generated and skipped (already valid).
     """
     unknown = [name for name in model_names if name not in MODEL_NAMES]
     if unknown or not model_names:
         raise ValueError(f"--models must list clip and/or ella, got {','.join(model_names) or 'nothing'}")
+    if settings.num_images != 4 or settings.height != settings.width:
+        raise ValueError(
+            f"DPG grids are 2x2 of square images: got {settings.num_images} of {settings.width}x{settings.height}"
+        )
     out = Path(out_dir)
-    settings = {
-        "resolution": resolution, "seed": seed, "num_inference_steps": steps, "guidance_scale": guidance_scale,
-        "scheduler": scheduler, "num_images": 4, "mode": "ella", "t5_length": "flexible",
-        "seed_policy": SEED_POLICY,
-        "preset": models.preset, "random_weights": models.random_weights, "sources": models.sources,
+    rank, world = shard_of
+    if rank == 0:
+        _write_folder_records(models, prompts, out, settings, model_names)
+    counts = {"generated": 0, "skipped": 0}
+    for item in shard(sorted(prompts), rank, world):
+        pending = [name for name in model_names if not grid_is_valid(out / name / f"{item}.png", settings.height)]
+        if pending:
+            sides = "both" if len(pending) == 2 else pending[0]
+            result = generate(models, **replace(settings, prompt=prompts[item], sides=sides).to_dict())
+            for name in pending:
+                images = result.clip_images if name == "clip" else result.ella_images
+                save_atomically(make_grid(images), out / name / f"{item}.png")
+        counts["generated" if pending else "skipped"] += 1
+        if progress:
+            progress(item, bool(pending))
+    return counts
+
+
+def _write_folder_records(
+    models: LoadedModels, prompts: dict[str, str], out: Path, settings: GenerationSettings, model_names: tuple[str, ...]
+) -> None:
+    """Each model folder's meta.json (how its grids were made), and the prompts they were made from."""
+    provenance = models.provenance()
+    record = {
+        "resolution": settings.height, "seed": settings.seed, "num_inference_steps": settings.num_inference_steps,
+        "guidance_scale": settings.guidance_scale, "scheduler": settings.scheduler, "num_images": 4,
+        "mode": settings.mode, "t5_length": settings.t5_length, "seed_policy": SEED_POLICY,
+        "preset": provenance.preset, "random_weights": provenance.random_weights, "sources": provenance.sources,
         "versions": package_versions(),
     }  # fmt: skip
     for name in model_names:
         (out / name).mkdir(parents=True, exist_ok=True)
-        if rank == 0:
-            (out / name / "meta.json").write_text(json.dumps({**settings, "model": name}, indent=2))
-    if rank == 0:
-        known = json.loads((out / PROMPTS_FILE).read_text()) if (out / PROMPTS_FILE).is_file() else {}
-        (out / PROMPTS_FILE).write_text(json.dumps({**known, **prompts}, indent=1, sort_keys=True))
-    counts = {"generated": 0, "skipped": 0}
-    for item in shard(sorted(prompts), rank, world):
-        pending = [name for name in model_names if not grid_is_valid(out / name / f"{item}.png", resolution)]
-        if not pending:
-            counts["skipped"] += 1
-            if progress:
-                progress(item, False)
-            continue
-        sides = "both" if len(pending) == 2 else pending[0]
-        result = generate(
-            models, prompts[item], seed=seed, num_inference_steps=steps, guidance_scale=guidance_scale,
-            height=resolution, width=resolution, scheduler=scheduler, num_images=4, sides=sides,
-        )  # fmt: skip
-        for name in pending:
-            save_atomically(
-                make_grid(result.clip_images if name == "clip" else result.ella_images), out / name / f"{item}.png"
-            )
-        counts["generated"] += 1
-        if progress:
-            progress(item, True)
-    return counts
+        (out / name / "meta.json").write_text(json.dumps({**record, "model": name}, indent=2))
+    known = json.loads((out / PROMPTS_FILE).read_text()) if (out / PROMPTS_FILE).is_file() else {}
+    (out / PROMPTS_FILE).write_text(json.dumps({**known, **prompts}, indent=1, sort_keys=True))

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from ella_demo.dpg.data import TILES, DpgBench, DpgDataError, read_csv_rows
+from ella_demo.loading.vqa import DEFAULT_BLIP, load_blip_vqa
 
-DEFAULT_BLIP = "Salesforce/blip-vqa-base"
 ANSWER_COLUMNS = ("item_id", "tile", "proposition_id", "answer")
 
 
@@ -49,11 +49,8 @@ class BlipAnswerer:
     """BLIP visual question answering through transformers (safetensors weights only)."""
 
     def __init__(self, source: str = DEFAULT_BLIP, device: str = "cpu"):
-        from transformers import BlipForQuestionAnswering, BlipProcessor
-
         self.device = torch.device(device)
-        self.processor = BlipProcessor.from_pretrained(source)
-        self.model = BlipForQuestionAnswering.from_pretrained(source, use_safetensors=True).to(self.device).eval()
+        self.processor, self.model = load_blip_vqa(source, self.device)
 
     def __call__(self, image: Image.Image, questions: list[str]) -> list[str]:
         inputs = self.processor(images=[image] * len(questions), text=questions, return_tensors="pt", padding=True)

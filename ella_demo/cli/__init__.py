@@ -1,0 +1,37 @@
+"""Command line: `python -m ella_demo {generate,probe,dpg,bench} ...`.
+
+arguments.py holds what every command (and app.py) shares; each command lives in its own module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ella_demo.cli.arguments import DPG_FLAGS, FLAGS, USER_ERRORS, describe_error
+from ella_demo.cli.bench import add_bench_parser, run_bench
+from ella_demo.cli.dpg import add_dpg_parser, run_dpg
+from ella_demo.cli.prompt import add_generate_parser, add_probe_parser, run_generate, run_probe
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every sub-command."""
+    parser = argparse.ArgumentParser(prog="python -m ella_demo", description="ELLA Explorer command line")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_generate_parser(commands)
+    add_probe_parser(commands)
+    add_dpg_parser(commands)
+    add_bench_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; a user error is printed as `error: ...` with exit status 2."""
+    args = build_parser().parse_args(argv)
+    handler = {"generate": run_generate, "probe": run_probe, "dpg": run_dpg, "bench": run_bench}[args.command]
+    try:
+        return handler(args)
+    except USER_ERRORS as error:
+        flags = DPG_FLAGS if args.command == "dpg" else FLAGS
+        print(f"error: {describe_error(error, flags)}", file=sys.stderr)
+        return 2

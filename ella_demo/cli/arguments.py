@@ -1,0 +1,92 @@
+"""What every command (and app.py) shares: the model flags, loading from them, and user-error messages."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from pathlib import Path
+
+from ella_demo.core.devices import DTYPES
+from ella_demo.core.errors import ExplorerError, InputError
+from ella_demo.core.models import LoadedModels
+from ella_demo.core.text_encoding import FLEXIBLE
+from ella_demo.loading.models import load_models
+from ella_demo.loading.sources import PRESETS
+
+# The project's own errors, which the user can fix: the CLI prints their message and exits with 2.
+# Any other exception is a bug and keeps its traceback.
+USER_ERRORS = (ExplorerError,)
+
+# The command-line flag of each Python argument name that an InputError may name.
+FLAGS = {
+    "prompt": "--prompt",
+    "prompt2": "--prompt2",
+    "negative_prompt": "--negative-prompt",
+    "seed": "--seed",
+    "num_inference_steps": "--steps",
+    "guidance_scale": "--guidance",
+    "height": "--height",
+    "width": "--width",
+    "scheduler": "--scheduler",
+    "num_images": "--num-images",
+    "mode": "--mode",
+    "t5_length": "--t5-length",
+    "sides": "--sides",
+    "trace": "--trace",
+    "seeding": "--seeding",
+    "timesteps": "--timesteps",
+    "preset": "--preset",
+    "sd15": "--sd15",
+    "ella": "--ella",
+    "t5": "--t5",
+}
+# `dpg generate` makes square tiles: one --resolution sets both sides.
+DPG_FLAGS = {**FLAGS, "height": "--resolution", "width": "--resolution"}
+
+
+def describe_error(error: ExplorerError, flags: Mapping[str, str] = FLAGS) -> str:
+    """A user error's message, with the value it names shown as its command-line flag."""
+    return error.named(flags) if isinstance(error, InputError) else str(error)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, default_preset: str = "sd15") -> None:
+    """The model-choice flags shared by app.py and every subcommand."""
+    group = parser.add_argument_group("models")
+    group.add_argument("--preset", choices=PRESETS, default=default_preset, help="sd15 = real weights")
+    group.add_argument("--sd15", help="SD1.5 hub id, diffusers folder, or single .safetensors file")
+    group.add_argument("--ella", help="ELLA hub id, folder, or .safetensors file")
+    group.add_argument("--t5", help="T5 encoder hub id (org/name[/subfolder]) or folder")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    group.add_argument("--dtype", choices=tuple(DTYPES), help="default: fp16 on GPU, fp32 on CPU")
+    group.add_argument(
+        "--t5-dtype",
+        choices=tuple(DTYPES),
+        help="T5 encoder dtype; default: fp16 on GPU (as ELLA was trained), else --dtype",
+    )
+    group.add_argument("--cache-dir", type=Path, help="hub cache folder (default: huggingface_hub's own)")
+    group.add_argument("--allow-pickle", action="store_true", help="also read .bin/.ckpt weights (can run code)")
+
+
+def load_from_args(args: argparse.Namespace) -> LoadedModels:
+    """The models the flags of `add_model_arguments` choose."""
+    return load_models(
+        args.preset,
+        sd15=args.sd15,
+        ella=args.ella,
+        t5=args.t5,
+        device=args.device,
+        dtype=args.dtype,
+        t5_dtype=args.t5_dtype,
+        allow_pickle=args.allow_pickle,
+        cache_dir=args.cache_dir,
+    )
+
+
+def t5_length(text: str) -> int | str:
+    """'flexible' or a whole number; its range is checked with the other settings (settings.validate)."""
+    if text == FLEXIBLE:
+        return FLEXIBLE
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be '{FLEXIBLE}' or a token count, got {text!r}") from None
