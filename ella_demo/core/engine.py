@@ -76,22 +76,22 @@ def generate(
     Raises `settings.SettingsError` for a bad argument before any model work starts.
     """
     settings = GenerationSettings(
-        prompt=prompt,
-        negative_prompt=negative_prompt,
-        seed=seed,
-        num_inference_steps=num_inference_steps,
-        guidance_scale=guidance_scale,
-        height=height,
-        width=width,
-        scheduler=scheduler,
-        num_images=num_images,
-        mode=mode,
-        t5_length=t5_length,
-        sides=sides,
-        trace=trace,
-        seeding=seeding,
-    )
+        prompt, negative_prompt, seed, num_inference_steps, guidance_scale, height, width, scheduler,
+        num_images, mode, t5_length, sides, trace, seeding,
+    )  # fmt: skip
     validate(settings, models.preset)
+    return _generate(models, settings, generator, latents, output_type, progress)
+
+
+def _generate(
+    models: LoadedModels,
+    settings: GenerationSettings,
+    generator: Generators | None,
+    latents: torch.Tensor | None,
+    output_type: str,
+    progress: ProgressCallback | None,
+) -> GenerationResult:
+    """`run`, with the tracer (when settings.trace) and the progress callback plugged in."""
     tracer = Tracer(models, settings) if settings.trace else None
     callbacks = [tracer.on_step_end] if tracer else []
     if progress is not None:
@@ -152,8 +152,8 @@ def run(
     `StepEnd` holding the `callback_on_step_end_tensor_inputs` (names from STEP_TENSORS). This
     loop records nothing by itself: `generate(trace=True)` plugs a tracer into these two points.
     """
-    # 0. Check the inputs that settings do not cover.
-    _check_run_inputs(generator, output_type, callback_on_step_end_tensor_inputs, settings)
+    # 0. Check the inputs that settings do not cover, before any model work.
+    _check_run_inputs(models, settings, generator, latents, output_type, callback_on_step_end_tensor_inputs)
     started = time.perf_counter()
     timer = PhaseTimer(models.device)
 
@@ -161,10 +161,7 @@ def run(
     prompts = encode_prompts(models, settings, timer)
 
     # 2. Prepare the timesteps: a scheduler per side, each built from the shared config.
-    config = models.pipe.scheduler.config
-    schedulers = {side: make_scheduler(settings.scheduler, config) for side in settings.side_names}
-    for scheduler in schedulers.values():
-        scheduler.set_timesteps(settings.num_inference_steps, device=models.device)
+    schedulers = _prepare_schedulers(models, settings)
     timesteps = next(iter(schedulers.values())).timesteps
 
     # 3. Prepare the initial latents, drawn once and shared.
@@ -193,26 +190,52 @@ def run(
     per_side = _decode(models, sampling) if output_type == "pil" else {}
 
     # 7. Package.
-    timings = timer.totals()
+    return _package(models, sampling, per_side, timesteps, seeding, started)
+
+
+def _package(
+    models: LoadedModels,
+    sampling: _Sampling,
+    pixels: dict[str, np.ndarray],
+    timesteps: torch.Tensor,
+    seeding: str,
+    started: float,
+) -> GenerationResult:
+    """The result: images and pixels per side (none for latent output), final latents, timings."""
+    timings = sampling.timer.totals()
     timings["total"] = time.perf_counter() - started
     return GenerationResult(
-        settings=settings,
-        clip_images=_to_pil(per_side.get("clip")),
-        ella_images=_to_pil(per_side.get("ella")),
-        clip_pixels=per_side.get("clip"),
-        ella_pixels=per_side.get("ella"),
+        settings=sampling.settings,
+        clip_images=_to_pil(pixels.get("clip")),
+        ella_images=_to_pil(pixels.get("ella")),
+        clip_pixels=pixels.get("clip"),
+        ella_pixels=pixels.get("ella"),
         latents={side: value.float().cpu() for side, value in sampling.latents.items()},
         timesteps=timesteps.cpu().numpy(),
         timings=timings,
         provenance=models.provenance(),
         seeding=seeding,
-        prompt_tokens=prompts.prompt_tokens(),
-        warnings=prompts.truncation_warnings(),
+        prompt_tokens=sampling.prompts.prompt_tokens(),
+        warnings=sampling.prompts.truncation_warnings(),
     )
 
 
-def _check_run_inputs(generator, output_type: str, tensor_inputs: Sequence[str], settings: GenerationSettings) -> None:
+def _check_run_inputs(
+    models: LoadedModels,
+    settings: GenerationSettings,
+    generator,
+    latents,
+    output_type: str,
+    tensor_inputs: Sequence[str],
+) -> None:
     check_generator(generator, settings.num_images)
+    if latents is not None and (
+        not isinstance(latents, torch.Tensor) or tuple(latents.shape) != _latent_shape(models, settings)
+    ):
+        found = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+        raise SettingsError(
+            "latents", f"must be a tensor of shape {_latent_shape(models, settings)} for these settings, got {found}."
+        )
     if output_type not in OUTPUT_TYPES:
         raise SettingsError("output_type", f"must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}.")
     unknown = [name for name in tensor_inputs if name not in STEP_TENSORS]
@@ -226,14 +249,27 @@ def _initial_latents(
     models: LoadedModels, settings: GenerationSettings, generators: Generators, latents: torch.Tensor | None
 ) -> torch.Tensor:
     """(N, 4, h, w) unscaled initial noise: drawn from the generators, or the caller's `latents`."""
-    scale, channels = models.pipe.vae_scale_factor, models.pipe.unet.config.in_channels
-    shape = (settings.num_images, channels, settings.height // scale, settings.width // scale)
     if latents is None:
-        return randn_tensor(shape, generator=generators, device=models.device, dtype=models.dtype)
-    if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != shape:
-        found = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
-        raise SettingsError("latents", f"must be a tensor of shape {shape} for these settings, got {found}.")
+        return randn_tensor(
+            _latent_shape(models, settings), generator=generators, device=models.device, dtype=models.dtype
+        )
     return latents.to(models.device, models.dtype)
+
+
+def _latent_shape(models: LoadedModels, settings: GenerationSettings) -> tuple[int, int, int, int]:
+    """(N, 4, height / 8, width / 8) for SD1.5."""
+    scale, channels = models.pipe.vae_scale_factor, models.pipe.unet.config.in_channels
+    return (settings.num_images, channels, settings.height // scale, settings.width // scale)
+
+
+def _prepare_schedulers(models: LoadedModels, settings: GenerationSettings) -> dict:
+    """A scheduler per side, each built from the shared config, with identical timesteps."""
+    schedulers = {
+        side: make_scheduler(settings.scheduler, models.pipe.scheduler.config) for side in settings.side_names
+    }
+    for scheduler in schedulers.values():
+        scheduler.set_timesteps(settings.num_inference_steps, device=models.device)
+    return schedulers
 
 
 def _denoise_step(
