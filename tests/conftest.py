@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from tests_support import free_port
 
 # Tests never reach a model hub; without this a missing-file lookup can stall before failing.
@@ -27,12 +29,26 @@ def manifest() -> dict[str, tuple[int, ...]]:
     return entries
 
 
+def weights_digest(models) -> str:
+    """One hash over every weight of the loaded models, bit for bit."""
+    digest = hashlib.sha256()
+    for module in (models.pipe.unet, models.pipe.vae, models.pipe.text_encoder, models.t5, models.ella):
+        for name, tensor in module.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 @pytest.fixture(scope="session")
 def tiny():
-    """The tiny preset, loaded once for the session. Tests must not modify it."""
+    """The tiny preset, loaded once for the session. Tests must not modify it, and the session
+    fails if one did (an in-place `.half()` once made later tests order-dependent)."""
     from ella_demo import load_models
 
-    return load_models("tiny", device="cpu")
+    models = load_models("tiny", device="cpu")
+    before = weights_digest(models)
+    yield models
+    assert weights_digest(models) == before, "a test changed the shared tiny models' weights"
 
 
 @pytest.fixture(scope="session")

@@ -83,6 +83,8 @@ def generate_grids(
         )
     out = Path(out_dir)
     rank, world = shard_of
+    for name in model_names:  # every process, before writing: none may wait for the first one
+        (out / name).mkdir(parents=True, exist_ok=True)
     if rank == 0:
         _write_folder_records(models, prompts, out, settings, model_names)
     counts = {"generated": 0, "skipped": 0}
@@ -113,7 +115,6 @@ def _write_folder_records(
         "versions": package_versions(),
     }  # fmt: skip
     for name in model_names:
-        (out / name).mkdir(parents=True, exist_ok=True)
         (out / name / "meta.json").write_text(json.dumps({**record, "model": name}, indent=2))
     known = json.loads((out / PROMPTS_FILE).read_text()) if (out / PROMPTS_FILE).is_file() else {}
     (out / PROMPTS_FILE).write_text(json.dumps({**known, **prompts}, indent=1, sort_keys=True))
