@@ -50,6 +50,12 @@ def test_generate_returns_both_images_and_the_trace_views(client):
         assert Image.open(result[name]).width > 0
 
 
+def test_a_one_step_run_is_shown_with_its_single_step(client):
+    result = generated(client.predict(prompt="a red cat", api_name="/generate", **{**FAST, "steps": 1}))
+    assert result["step"]["value"] == 1 and result["step"]["interactive"] is False
+    assert Image.open(result["query_map"]).width > 0
+
+
 def test_probe_endpoint_draws_one_or_two_prompts(client):
     single = client.predict(prompt="a red cat", timesteps=5, api_name="/probe")
     assert single[0] and single[1] and single[2] is None

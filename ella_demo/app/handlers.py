@@ -141,7 +141,10 @@ class ExplorerUI:
             "gallery": everything,
             "notes": notes,
             "session": views,
-            "step": gr.update(minimum=1, maximum=views.steps, value=views.steps, step=1),
+            # A slider needs maximum > minimum: a one-step run shows 1..2 and cannot be scrubbed.
+            "step": gr.update(
+                minimum=1, maximum=max(views.steps, 2), value=views.steps, step=1, interactive=views.steps > 1
+            ),
             "word": gr.update(choices=choices, value=word),
             **self._step_views(views, views.steps - 1, aggregation, word, "all"),
             **self._time_views(views, "paper", aggregation, False),
