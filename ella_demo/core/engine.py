@@ -229,13 +229,10 @@ def _check_run_inputs(
     tensor_inputs: Sequence[str],
 ) -> None:
     check_generator(generator, settings.num_images)
-    if latents is not None and (
-        not isinstance(latents, torch.Tensor) or tuple(latents.shape) != _latent_shape(models, settings)
-    ):
+    shape = _latent_shape(models, settings)
+    if latents is not None and (not isinstance(latents, torch.Tensor) or tuple(latents.shape) != shape):
         found = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
-        raise SettingsError(
-            "latents", f"must be a tensor of shape {_latent_shape(models, settings)} for these settings, got {found}."
-        )
+        raise SettingsError("latents", f"must be a tensor of shape {shape} for these settings, got {found}.")
     if output_type not in OUTPUT_TYPES:
         raise SettingsError("output_type", f"must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}.")
     unknown = [name for name in tensor_inputs if name not in STEP_TENSORS]
@@ -304,6 +301,8 @@ def _denoise_step(
         sampling.latents[side] = sampling.schedulers[side].step(
             side_noise, timestep, sampling.latents[side], return_dict=False, **sampling.step_options[side]
         )[0]
+    if not wanted:  # the usual untraced run: nothing to hand over
+        return {}
     available = {
         "latents": dict(sampling.latents),
         "model_inputs": scaled,
