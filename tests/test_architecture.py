@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ella_demo"
-SUBPACKAGES = ("core", "loading", "inspect", "app", "dpg", "cli", "bench")
+SUBPACKAGES = ("core", "loading", "inspect", "app", "dpg", "cli", "bench", "train")
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 # Calls that read weights from the hub or the disk; they belong in loading/.
@@ -60,6 +60,12 @@ def test_inspect_takes_results_and_arrays_never_a_model(path):
         assert layer_of(module) in ("inspect", "core", None), f"{path.name} imports {module}"
         assert not module.startswith(MODEL_RUNNERS), f"{path.name} imports {module}, which holds or runs models"
     assert "LoadedModels" not in path.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("path", modules("train"), ids=lambda path: path.name)
+def test_training_builds_on_the_library_not_on_its_front_ends(path):
+    for module in imported_modules(path):
+        assert layer_of(module) in ("train", "core", "loading", "inspect", None), f"{path.name} imports {module}"
 
 
 @pytest.mark.parametrize("path", modules(), ids=lambda path: str(path.relative_to(PACKAGE)))

@@ -184,8 +184,8 @@ def test_bench_checks_its_settings_before_loading(tmp_path, capsys, no_loading):
 
 
 def test_model_choices_on_a_weightless_preset_name_the_flag(capsys, tmp_path):
-    err = refused([*GENERATE, *SMALL, "--ella", "QQGYLab/ELLA", "--out", str(tmp_path)], capsys)
-    assert "error: --ella is for preset sd15" in err
+    err = refused([*GENERATE, *SMALL, "--t5", "google/flan-t5-xl", "--out", str(tmp_path)], capsys)
+    assert "error: --t5 is for preset sd15" in err
 
 
 # --- errors: the user's are messages, the program's are tracebacks ------------------------------

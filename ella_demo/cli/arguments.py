@@ -39,6 +39,7 @@ FLAGS = {
     "sd15": "--sd15",
     "ella": "--ella",
     "t5": "--t5",
+    "text_encoder": "--text-encoder",
 }
 # `dpg generate` makes square tiles: one --resolution sets both sides.
 DPG_FLAGS = {**FLAGS, "height": "--resolution", "width": "--resolution"}
@@ -54,14 +55,22 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_preset: str = "
     group = parser.add_argument_group("models")
     group.add_argument("--preset", choices=PRESETS, default=default_preset, help="sd15 = real weights")
     group.add_argument("--sd15", help="SD1.5 hub id, diffusers folder, or single .safetensors file")
-    group.add_argument("--ella", help="ELLA hub id, folder, or .safetensors file")
+    group.add_argument(
+        "--ella",
+        help="ELLA hub id, folder, or .safetensors file (any preset), or 'scratch' for a new untrained connector",
+    )
     group.add_argument("--t5", help="T5 encoder hub id (org/name[/subfolder]) or folder")
+    group.add_argument(
+        "--text-encoder",
+        help="any transformers text encoder (hub id or folder) instead of T5; "
+        "the connector must have been trained with it",
+    )
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     group.add_argument("--dtype", choices=tuple(DTYPES), help="default: fp16 on GPU, fp32 on CPU")
     group.add_argument(
         "--t5-dtype",
         choices=tuple(DTYPES),
-        help="T5 encoder dtype; default: fp16 on GPU (as ELLA was trained), else --dtype",
+        help="T5 (or --text-encoder) dtype; default: fp16 on GPU (as ELLA was trained), else --dtype",
     )
     group.add_argument("--cache-dir", type=Path, help="hub cache folder (default: huggingface_hub's own)")
     group.add_argument("--allow-pickle", action="store_true", help="also read .bin/.ckpt weights (can run code)")
@@ -74,6 +83,7 @@ def load_from_args(args: argparse.Namespace) -> LoadedModels:
         sd15=args.sd15,
         ella=args.ella,
         t5=args.t5,
+        text_encoder=args.text_encoder,
         device=args.device,
         dtype=args.dtype,
         t5_dtype=args.t5_dtype,

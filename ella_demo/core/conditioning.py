@@ -76,7 +76,7 @@ def side_conditions(
         return [encoding.features for encoding in clip], None
     attention = None
     with timer.phase("tsc"):
-        features = prompts.t5_cond.features.to(models.dtype)
+        features = prompts.t5_cond.features.to(models.device, models.dtype)
         if with_attention:
             cond, attention = models.ella(features, timestep, return_attention=True)
         else:
@@ -92,7 +92,9 @@ def _unconditional_tokens(
 ) -> torch.Tensor:
     """TSC output for the negative prompt: depends only on (negative prompt, length, timestep), so cached."""
     key = (settings.negative_prompt, settings.t5_length, float(timestep), str(models.device), models.dtype)
-    return models.condition_cache.get_or_compute(key, lambda: models.ella(encoding.features.to(models.dtype), timestep))
+    return models.condition_cache.get_or_compute(
+        key, lambda: models.ella(encoding.features.to(models.device, models.dtype), timestep)
+    )
 
 
 def pad_and_stack(conditions: list[torch.Tensor], count: int) -> tuple[torch.Tensor, torch.Tensor | None]:

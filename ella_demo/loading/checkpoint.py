@@ -25,6 +25,28 @@ def save_ella_checkpoint(model: ELLA, path: str | Path, dtype: torch.dtype = tor
     safetensors.torch.save_file(tensors, str(path), metadata=metadata)
 
 
+def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every tensor of a `.safetensors` file, on the CPU as stored, and the file's metadata ({} if none).
+
+    The one reader of safetensors files outside the model libraries' own loaders: the connector's
+    checkpoints and the training command's state files both come through here.
+
+    Raises:
+        ModelSourceError: the name does not end in .safetensors (pickle files are never read), or
+            the file is not a readable safetensors file.
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ModelSourceError(f"{path.name}: this loads from .safetensors files only (pickle files can run code).")
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    except Exception as error:
+        raise ModelSourceError(f"{path} is not a readable safetensors file: {error}") from error
+    return tensors, metadata
+
+
 def load_ella_checkpoint(
     path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> ELLA:
@@ -34,18 +56,10 @@ def load_ella_checkpoint(
     default. Tensors are cast to `dtype` (the release is stored in fp16).
 
     Raises:
-        ModelSourceError: not a safetensors file.
+        ModelSourceError: not a readable .safetensors file.
         CheckpointMismatchError: missing, unexpected or wrongly shaped tensors, all listed.
     """
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise ModelSourceError(f"{path.name}: the ELLA connector loads from .safetensors files only.")
-    try:
-        with safetensors.safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            state_dict = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-    except Exception as error:
-        raise ModelSourceError(f"{path} is not a readable safetensors file: {error}") from error
+    state_dict, metadata = read_safetensors(path)
     config_json = metadata.get(ELLA_CONFIG_METADATA_KEY)
     config = EllaConfig(**json.loads(config_json)) if config_json else EllaConfig()
     with torch.device("meta"):

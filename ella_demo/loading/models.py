@@ -1,26 +1,34 @@
 """`load_models`: a preset (or hub ids and local paths) in, the loaded-models container out.
 
 Weightless presets are built from the shipped configs; real weights are resolved part by part
-(connector, T5, SD1.5), every missing file named at once, then loaded strictly.
+(connector, text encoder, SD1.5), every missing file named at once, then loaded strictly. The
+connector and the text encoder can be replaced in every preset: by a checkpoint or a new untrained
+connector (`ella="scratch"`, what connector training starts from), and by any transformers text
+encoder (`text_encoder=`) for a connector trained on one.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from diffusers import StableDiffusionPipeline
-from transformers import T5EncoderModel
 
+from ella_demo.core.connector import ELLA, EllaConfig
 from ella_demo.core.devices import Placement, choose_placement
 from ella_demo.core.errors import InputError
 from ella_demo.core.models import LoadedModels
 from ella_demo.loading.checkpoint import load_ella_checkpoint, resolve_ella_file
 from ella_demo.loading.hub import OFFLINE_ADVICE, MissingFilesError, ModelSourceError, parse_source
 from ella_demo.loading.presets import Components, build_weightless_components
-from ella_demo.loading.sd15 import load_diffusers_sd, load_single_file_sd, resolve_sd_folder, use_safetensors
+from ella_demo.loading.sd15 import load_diffusers_sd, load_single_file_sd, resolve_sd_folder
 from ella_demo.loading.shipped import read_weightless_configs
-from ella_demo.loading.sources import DEFAULT_SOURCES, PRESETS, WEIGHTLESS_PRESETS
-from ella_demo.loading.t5 import load_t5_tokenizer, resolve_t5_folder
+from ella_demo.loading.sources import DEFAULT_SOURCES, ELLA_SCRATCH, PRESETS, WEIGHTLESS_PRESETS, HubLocation
+from ella_demo.loading.t5 import load_t5, resolve_t5_folder
+from ella_demo.loading.text_encoders import load_text_encoder, resolve_text_encoder_folder, text_width
+
+# Where a part comes from: a local path, a hub location, or (the connector only) ELLA_SCRATCH.
+Source = Path | HubLocation | str
 
 
 def load_models(
@@ -29,6 +37,7 @@ def load_models(
     sd15: str | None = None,
     ella: str | None = None,
     t5: str | None = None,
+    text_encoder: str | None = None,
     sd15_config: str | Path | None = None,
     device: str | None = None,
     dtype: str | None = None,
@@ -37,39 +46,182 @@ def load_models(
     cache_dir: str | Path | None = None,
     seed: int = 0,
 ) -> LoadedModels:
-    """Load a preset.
+    """Load a preset, with any of its parts replaced by a hub id ("org/name[/path/in/repo]") or a local path.
 
     Args:
         preset: "sd15" (real weights), "tiny" or "random-sd15" (weightless, see presets.py).
-        sd15, ella, t5: override a part of the sd15 preset with a hub id ("org/name", optionally
-            followed by a path inside the repo) or a local path. sd15 may be a diffusers folder
-            or one `.safetensors` file of an SD1.5-derived checkpoint; ella a `.safetensors`
-            file or a folder holding `ella-sd1.5-tsc-t5xl.safetensors`; t5 a folder with a
-            T5 encoder and its tokenizer.
-        sd15_config: diffusers config folder used to read a single-file checkpoint (default:
-            the SD1.5 configs shipped in ella_demo/loading/configs/sd15). Its tokenizer comes from the
+        sd15, t5: sd15 preset only. sd15: a diffusers folder or one `.safetensors` file of an
+            SD1.5-derived checkpoint; t5: a folder with a T5 encoder and its tokenizer.
+        ella: any preset. A `.safetensors` file or a folder holding `ella-sd1.5-tsc-t5xl.safetensors`
+            (replacing a weightless preset's random connector), or "scratch": a new, untrained
+            connector that fits the UNet and the text encoder (see `new_connector`; nothing is
+            downloaded), its other sizes the preset's (EllaConfig's defaults for sd15).
+        text_encoder: any preset, not with t5: any transformers text encoder with its tokenizer,
+            instead of T5. The connector must have been trained with it (or be "scratch").
+        sd15_config: diffusers config folder used to read a single-file checkpoint (default: the
+            SD1.5 configs shipped in ella_demo/loading/configs/sd15). Its tokenizer comes from the
             folder's `tokenizer/` if present, else from the SD1.5 hub repo.
-        device, dtype, t5_dtype: see `devices.choose_placement`.
-        allow_pickle: allow `.bin`/`.ckpt` weights for SD1.5 and T5 (pickle can run code; off
-            by default). The connector always loads from safetensors.
+        device, dtype, t5_dtype: see `devices.choose_placement`; t5_dtype is text_encoder's too.
+        allow_pickle: allow `.bin`/`.ckpt` weights for SD1.5 and the text encoder (pickle can run
+            code; off by default). The connector always loads from safetensors.
         cache_dir: hub cache folder (default: the huggingface_hub default).
-        seed: weight seed of the weightless presets.
+        seed: weight seed of the weightless presets and of a "scratch" connector.
+
+    `random_weights` is True for the weightless presets and a scratch connector: their images are noise.
+
+    Raises:
+        InputError: an unknown preset, sd15 or t5 with a weightless preset, t5 with text_encoder.
+        ModelSourceError: a part is missing or unreadable, or the parts do not fit together.
     """
+    _check_arguments(preset, sd15, t5, text_encoder)
+    placement = choose_placement(device, dtype, t5_dtype)
+    weightless = preset in WEIGHTLESS_PRESETS
+    sources = _part_sources(weightless, sd15=sd15, ella=ella, t5=t5, text_encoder=text_encoder)
+    paths = _resolve_parts(sources, placement, allow_pickle, cache_dir)
+    if weightless:
+        configs = read_weightless_configs(preset)
+        parts = vars(build_weightless_components(configs, placement, seed))
+        connector_config, provenance = configs.ella, {"weights": f"random (seed {seed}), {preset} architecture"}
+    else:
+        parts = _load_sd(paths["sd15"], sd15_config, placement, allow_pickle, cache_dir)
+        connector_config, provenance = {}, {"sd15": str(sources["sd15"])}
+    provenance |= _load_text_side(parts, sources, paths, placement, allow_pickle, cache_dir)
+    provenance |= _load_connector(parts, sources, paths, connector_config, placement, seed)
+    components = Components(**parts)
+    _check_compatible(components)
+    scratch = sources.get("ella") == ELLA_SCRATCH
+    return assemble_models(components, placement, preset, provenance, random_weights=weightless or scratch)
+
+
+def new_connector(base: dict, unet: torch.nn.Module, text_model: torch.nn.Module, seed: int) -> ELLA:
+    """An untrained connector that fits `unet` and `text_model`, initialised as the release was before training.
+
+    `ELLA`'s constructor draws the latents as randn * width^-0.5 and zeroes every AdaLayerNorm
+    linear; `width` is the UNet's cross-attention width, `input_dim` the text encoder's, the rest
+    comes from `base` (EllaConfig keyword arguments; EllaConfig's defaults for what it omits). Built
+    in float32 on the CPU from `seed`, so the weights are the same on any machine; the global RNG is
+    left as it was.
+    """
+    config = EllaConfig(**{**base, "width": unet.config.cross_attention_dim, "input_dim": text_width(text_model)})
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+        torch.manual_seed(seed)
+        return ELLA(config)
+
+
+def _check_arguments(preset: str, sd15: str | None, t5: str | None, text_encoder: str | None) -> None:
+    """Refuse an unknown preset and combinations of sources that cannot both be used."""
     if preset not in PRESETS:
         raise InputError("preset", f"must be one of {', '.join(PRESETS)}, got {preset!r}.")
-    placement = choose_placement(device, dtype, t5_dtype)
+    if t5 and text_encoder:
+        raise InputError(
+            "text_encoder", "cannot be used together with t5 (--t5 on the command line): it replaces T5. Give one."
+        )
     if preset in WEIGHTLESS_PRESETS:
-        overrides = [name for name, value in (("sd15", sd15), ("ella", ella), ("t5", t5)) if value]
+        overrides = [name for name, value in (("sd15", sd15), ("t5", t5)) if value]
         if overrides:
             raise InputError(
-                overrides[0], f"is for preset sd15 only: preset {preset} builds its own weights. Drop it, or use sd15."
+                overrides[0],
+                f"is for preset sd15 only: preset {preset} builds its own weights. Drop it, or use sd15 "
+                "(ella and text_encoder work with every preset).",
             )
-        components = build_weightless_components(read_weightless_configs(preset), placement, seed)
-        sources = {"weights": f"random (seed {seed}), {preset} architecture"}
+
+
+def _part_sources(weightless: bool, **given: str | None) -> dict[str, Source]:
+    """Where each part that is loaded rather than built comes from, in the order they are resolved.
+
+    `given` holds the sd15, ella, t5 and text_encoder arguments. The sd15 preset loads every part
+    (the defaults where none is given); a weightless preset only the parts given.
+    """
+    chosen: dict[str, str | None] = {"ella": given["ella"]}
+    if given["text_encoder"]:
+        chosen["text_encoder"] = given["text_encoder"]
     else:
-        components, sources = _load_pretrained(placement, sd15, ella, t5, sd15_config, allow_pickle, cache_dir)
-    _check_compatible(components)
-    return assemble_models(components, placement, preset, sources, random_weights=preset in WEIGHTLESS_PRESETS)
+        chosen["t5"] = given["t5"]
+    chosen["sd15"] = given["sd15"]
+    sources: dict[str, Source] = {}
+    for name, spec in chosen.items():
+        if spec == ELLA_SCRATCH and name == "ella":
+            sources[name] = ELLA_SCRATCH
+        elif spec:
+            sources[name] = parse_source(spec)
+        elif not weightless:
+            sources[name] = DEFAULT_SOURCES[name]
+    return sources
+
+
+def _resolve_parts(
+    sources: dict[str, Source], placement: Placement, allow_pickle: bool, cache_dir: str | Path | None
+) -> dict[str, Path]:
+    """The local file or folder of each source, every part resolved before any loads.
+
+    Raises:
+        MissingFilesError: one part is missing.
+        ModelSourceError: several are; one error names every missing file.
+    """
+    resolvers = {
+        "ella": lambda source: resolve_ella_file(source, cache_dir),
+        "t5": lambda source: resolve_t5_folder(source, allow_pickle, cache_dir),
+        "text_encoder": lambda source: resolve_text_encoder_folder(source, allow_pickle, cache_dir),
+        "sd15": lambda source: resolve_sd_folder(source, placement, allow_pickle, cache_dir),
+    }
+    paths: dict[str, Path] = {}
+    missing: list[MissingFilesError] = []
+    for name, source in sources.items():
+        if source == ELLA_SCRATCH:
+            continue
+        try:
+            paths[name] = resolvers[name](source)
+        except MissingFilesError as error:
+            missing.append(error)
+    if len(missing) == 1:
+        raise missing[0]
+    if missing:
+        summaries = "\n".join(f"- {error.summary}" for error in missing)
+        raise ModelSourceError(f"Could not get:\n{summaries}\n{OFFLINE_ADVICE}\nDetails: {missing[-1].detail}")
+    return paths
+
+
+def _load_sd(
+    path: Path, sd15_config: str | Path | None, placement: Placement, allow_pickle: bool, cache_dir: str | Path | None
+) -> dict:
+    """UNet, VAE, CLIP, tokenizer and scheduler from a diffusers folder or a single checkpoint file."""
+    if path.is_file():
+        return load_single_file_sd(path, sd15_config, placement, allow_pickle, cache_dir)
+    return load_diffusers_sd(path, placement, allow_pickle)
+
+
+def _load_text_side(
+    parts: dict,
+    sources: dict[str, Source],
+    paths: dict[str, Path],
+    placement: Placement,
+    allow_pickle: bool,
+    cache_dir: str | Path | None,
+) -> dict[str, str]:
+    """Put the T5 or other text encoder that was asked for into `parts`; return its provenance entries."""
+    if "t5" in paths:
+        parts["t5"], parts["t5_tokenizer"], tokenizer_source = load_t5(
+            paths["t5"], placement.t5_dtype, allow_pickle, cache_dir
+        )
+        return {"t5": str(sources["t5"]), "t5_tokenizer": tokenizer_source}
+    if "text_encoder" in paths:
+        parts["t5"], parts["t5_tokenizer"] = load_text_encoder(paths["text_encoder"], placement.t5_dtype, allow_pickle)
+        return {"t5": str(sources["text_encoder"]), "t5_tokenizer": str(paths["text_encoder"])}
+    return {}
+
+
+def _load_connector(
+    parts: dict, sources: dict[str, Source], paths: dict[str, Path], base: dict, placement: Placement, seed: int
+) -> dict[str, str]:
+    """Put the connector that was asked for (a checkpoint, or a new one) into `parts`; return its provenance."""
+    if sources.get("ella") == ELLA_SCRATCH:
+        connector = new_connector(base, parts["unet"], parts["t5"], seed)
+        parts["ella"] = connector.to(device=placement.device, dtype=placement.dtype)
+        return {"ella": f"new connector (untrained, seed {seed})"}
+    if "ella" in paths:
+        parts["ella"] = load_ella_checkpoint(paths["ella"], placement.device, placement.dtype)
+        return {"ella": str(sources["ella"])}
+    return {}
 
 
 def assemble_models(
@@ -103,73 +255,28 @@ def assemble_models(
 
 
 def _check_compatible(components: Components) -> None:
-    """The three parts must agree on widths, or generation would fail deep inside the UNet."""
+    """The parts must agree on widths, or generation would fail deep inside the UNet or the connector."""
     ella_config = components.ella.config
     cross = components.unet.config.cross_attention_dim
+    clip_width, encoder_width = components.text_encoder.config.hidden_size, text_width(components.t5)
     problems = []
     if cross != ella_config.width:
         problems.append(f"the UNet reads {cross}-wide tokens but the connector makes {ella_config.width}-wide ones")
-    if components.text_encoder.config.hidden_size != cross:
-        problems.append(f"CLIP makes {components.text_encoder.config.hidden_size}-wide tokens, the UNet reads {cross}")
-    if components.t5.config.d_model != ella_config.input_dim:
+    if clip_width != cross:
+        problems.append(f"CLIP makes {clip_width}-wide tokens, the UNet reads {cross}")
+    if encoder_width != ella_config.input_dim:
         problems.append(
-            f"T5 makes {components.t5.config.d_model}-wide features, the connector reads {ella_config.input_dim}"
+            f"the text encoder makes {encoder_width}-wide features, the connector reads {ella_config.input_dim}"
         )
     if problems:
-        raise ModelSourceError(
-            "These models do not fit together: " + "; ".join(problems) + ". ELLA for SD1.5 needs an "
-            "SD1.5-family UNet (cross-attention width 768) and the FLAN-T5-XL encoder (width 2048)."
+        advice = (
+            " A connector trained with another text encoder needs that encoder: pass it with --text-encoder "
+            "(text_encoder= in load_models)."
+            if encoder_width != ella_config.input_dim
+            else ""
         )
-
-
-def _load_pretrained(
-    placement: Placement,
-    sd15: str | None,
-    ella: str | None,
-    t5: str | None,
-    sd15_config: str | Path | None,
-    allow_pickle: bool,
-    cache_dir: str | Path | None,
-) -> tuple[Components, dict[str, str]]:
-    sd15_source = parse_source(sd15) if sd15 else DEFAULT_SOURCES["sd15"]
-    ella_source = parse_source(ella) if ella else DEFAULT_SOURCES["ella"]
-    t5_source = parse_source(t5) if t5 else DEFAULT_SOURCES["t5"]
-
-    # Resolve every part before loading any, so that one error names everything that is missing.
-    missing: list[MissingFilesError] = []
-    resolved = []
-    for resolve in (
-        lambda: resolve_ella_file(ella_source, cache_dir),
-        lambda: resolve_t5_folder(t5_source, allow_pickle, cache_dir),
-        lambda: resolve_sd_folder(sd15_source, placement, allow_pickle, cache_dir),
-    ):
-        try:
-            resolved.append(resolve())
-        except MissingFilesError as error:
-            missing.append(error)
-    if len(missing) == 1:
-        raise missing[0]
-    if missing:
-        summaries = "\n".join(f"- {error.summary}" for error in missing)
-        raise ModelSourceError(f"Could not get:\n{summaries}\n{OFFLINE_ADVICE}\nDetails: {missing[-1].detail}")
-    ella_path, t5_folder, sd_path = resolved
-    if sd_path.is_file():
-        sd_parts = load_single_file_sd(sd_path, sd15_config, placement, allow_pickle, cache_dir)
-    else:
-        sd_parts = load_diffusers_sd(sd_path, placement, allow_pickle)
-    t5_tokenizer, t5_tokenizer_source = load_t5_tokenizer(t5_folder, cache_dir)
-    components = Components(
-        **sd_parts,
-        t5=T5EncoderModel.from_pretrained(
-            t5_folder, dtype=placement.t5_dtype, use_safetensors=use_safetensors(allow_pickle)
-        ),
-        t5_tokenizer=t5_tokenizer,
-        ella=load_ella_checkpoint(ella_path, placement.device, placement.dtype),
-    )
-    sources = {
-        "sd15": str(sd15_source),
-        "ella": str(ella_source),
-        "t5": str(t5_source),
-        "t5_tokenizer": t5_tokenizer_source,
-    }
-    return components, sources
+        raise ModelSourceError(
+            "These models do not fit together: " + "; ".join(problems) + ". The connector's width must be the "
+            "UNet's cross-attention width and its input width the text encoder's (ELLA for SD1.5: an "
+            "SD1.5-family UNet, 768, and the FLAN-T5-XL encoder, 2048)." + advice
+        )

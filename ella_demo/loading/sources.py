@@ -21,6 +21,10 @@ T5_SUBFOLDER = "models--google--flan-t5-xl--text_encoder"
 # checkpoint has none, which means the default (SD1.5) architecture.
 ELLA_CONFIG_METADATA_KEY = "ella_config"
 
+# The `ella` source that asks for a new, untrained connector instead of a checkpoint (see load_models);
+# a local folder of that name is `./scratch`.
+ELLA_SCRATCH = "scratch"
+
 
 @dataclass(frozen=True)
 class HubLocation:

@@ -4,43 +4,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import T5Tokenizer
+import torch
+from transformers import T5EncoderModel, T5Tokenizer
 
-from ella_demo.loading.hub import ModelSourceError, fetch, missing_files
-from ella_demo.loading.shipped import read_json
+from ella_demo.loading.hub import fetch, missing_files
+from ella_demo.loading.sd15 import use_safetensors
 from ella_demo.loading.sources import T5_TOKENIZER_SOURCE, HubLocation
+from ella_demo.loading.text_encoders import missing_weight_files, resolve_model_folder
 
 
 def resolve_t5_folder(source: Path | HubLocation, allow_pickle: bool, cache_dir: str | Path | None) -> Path:
-    if isinstance(source, HubLocation):
-        patterns = ["*.json", "*.safetensors", "spiece.model"] + (["*.bin"] if allow_pickle else [])
-        folder = fetch(
-            source, patterns, "T5 text encoder", cache_dir, lambda folder: _missing_t5_files(folder, allow_pickle)
-        )
-    else:
-        folder = source
-    missing = _missing_t5_files(folder, allow_pickle)
-    if missing:
-        raise ModelSourceError(f"The T5 encoder folder {folder} lacks {', '.join(missing)}.")
-    return folder
+    """The T5 encoder's folder (config and weights; the tokenizer may come from elsewhere, see below)."""
+    patterns = ["*.json", "*.safetensors", "spiece.model"] + (["*.bin"] if allow_pickle else [])
+    return resolve_model_folder(
+        source, "T5 text encoder", patterns, lambda folder: missing_weight_files(folder, allow_pickle), cache_dir
+    )
 
 
-def _missing_t5_files(folder: Path, allow_pickle: bool) -> list[str]:
-    """What a T5 encoder folder lacks: its config, and one weights file or every shard its index lists."""
-    missing = missing_files(folder, ["config.json"])
-    stems = ["model.safetensors"] + (["pytorch_model.bin"] if allow_pickle else [])
-    incomplete = []
-    for stem in stems:
-        if (folder / stem).is_file():
-            return missing
-        index = folder / f"{stem}.index.json"
-        if index.is_file():
-            shards = sorted(set(read_json(index).get("weight_map", {}).values()))
-            lacking = [name for name in shards if not (folder / name).is_file()]
-            if not lacking:
-                return missing
-            incomplete.extend(lacking)
-    return missing + (incomplete or [" or ".join(f"{stem} (or its shards)" for stem in stems)])
+def load_t5(
+    folder: Path, dtype: torch.dtype, allow_pickle: bool, cache_dir: str | Path | None
+) -> tuple[T5EncoderModel, T5Tokenizer, str]:
+    """The T5 encoder of `folder`, its tokenizer, and where the tokenizer came from."""
+    model = T5EncoderModel.from_pretrained(folder, dtype=dtype, use_safetensors=use_safetensors(allow_pickle))
+    return model, *load_t5_tokenizer(folder, cache_dir)
 
 
 def _has_t5_tokenizer(folder: Path) -> bool:
