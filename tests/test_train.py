@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -158,6 +159,38 @@ def test_a_resumed_run_repeats_the_uninterrupted_one_exactly(pictures, tmp_path)
         assert all(torch.equal(first[key], second[key]) for key in first), name
 
 
+def test_a_killed_run_resumes_from_its_last_checkpoint_as_if_never_stopped(pictures, tmp_path):
+    """SIGKILL mid-run (no clean-up of any kind), then `--resume latest`: the log and weights equal an
+    uninterrupted run's, and at most the steps since the last checkpoint were lost."""
+    out = tmp_path / "killed"
+    flags = ["--preset", "tiny", "--device", "cpu", "--train-data", str(pictures), "--resolution", "32",
+             "--batch-size", "4", "--t5-length", "16", "--validation-prompt", "", "--checkpoint-every", "5",
+             "--cache-dir", str(tmp_path / "hub-cache")]  # fmt: skip
+    command = [sys.executable, "-m", "ella_demo", "train", *flags]
+    process = subprocess.Popen([*command, "--max-steps", "100000", "--out", str(out)], cwd=REPO_ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoints" / "step-0000010").is_dir() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        process.kill()
+        process.wait()
+    from ella_demo.train.checkpoints import list_checkpoints
+
+    last = int(list_checkpoints(out)[-1].name.split("-")[1])
+    assert last >= 10 and len(log_losses(out)) - last < 5 + 1  # lost: only the steps after the checkpoint
+    end = last + 3
+    resumed = subprocess.run([*command, "--max-steps", str(end), "--out", str(out), "--resume", "latest"],
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    whole = train(tiny_config(pictures, tmp_path / "whole", max_steps=end, checkpoint_every=5))
+    assert log_losses(out) == log_losses(whole.out) and len(log_losses(out)) == end
+    first, _ = read_safetensors(out / "ella.safetensors")
+    second, _ = read_safetensors(whole.out / "ella.safetensors")
+    assert all(torch.equal(first[key], second[key]) for key in first)
+
+
 def test_resuming_with_another_recipe_or_without_a_checkpoint_is_refused(pictures, tmp_path, capsys):
     config = tiny_config(pictures, tmp_path / "out", max_steps=2, checkpoint_every=2)
     train(config)
@@ -165,9 +198,9 @@ def test_resuming_with_another_recipe_or_without_a_checkpoint_is_refused(picture
 
     with pytest.raises(ResumeError, match=re.escape("learning_rate: 0.0001 then, 0.001 now")):
         train(replace(config, max_steps=4, resume="latest", learning_rate=1e-3))
-    code = main(["train", "--preset", "tiny", "--device", "cpu", "--train-data", str(pictures), "--resolution",
-                 "32", "--out", str(tmp_path / "empty"), "--resume", "latest"])  # fmt: skip
-    assert code == 2 and "holds no checkpoint yet" in capsys.readouterr().err
+    code, err = run_cli(["--train-data", str(pictures), "--out", str(tmp_path / "empty"), "--resume", "latest"],
+                        capsys, tmp_path)  # fmt: skip
+    assert code == 2 and "holds no checkpoint yet" in err
 
 
 # --- several processes -----------------------------------------------------------------------------
@@ -179,7 +212,8 @@ def test_two_processes_keep_identical_weights_and_read_different_samples(picture
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                str(free_port()), "-m", "ella_demo", "train", "--preset", "tiny", "--device", "cpu",
                "--train-data", str(pictures), "--resolution", "32", "--batch-size", "2", "--max-steps", "2",
-               "--t5-length", "16", "--validation-prompt", "", "--out", str(out)]  # fmt: skip
+               "--t5-length", "16", "--validation-prompt", "", "--out", str(out),
+               "--cache-dir", str(tmp_path / "hub-cache")]  # fmt: skip
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "train_summary.json").read_text())
@@ -290,20 +324,24 @@ def test_ella_plus_clip_mode_trains_with_clip_tokens_in_front(pictures, tmp_path
 # --- the command line ------------------------------------------------------------------------------------
 
 
-def run_cli(arguments: list[str], capsys) -> tuple[int, str]:
-    code = main(["train", "--preset", "tiny", "--device", "cpu", "--resolution", "32", *arguments])
+def run_cli(arguments: list[str], capsys, tmp_path: Path) -> tuple[int, str]:
+    common = ["--preset", "tiny", "--device", "cpu", "--resolution", "32", "--cache-dir", str(tmp_path / "hub-cache")]
+    code = main(["train", *common, *arguments])
     return code, capsys.readouterr().err
 
 
 def test_the_command_trains_and_names_bad_flags(pictures, tmp_path, capsys):
     code, _ = run_cli(["--train-data", str(pictures), "--out", str(tmp_path / "out"), "--max-steps", "2",
-                       "--batch-size", "4", "--t5-length", "16", "--validation-prompt", ""], capsys)  # fmt: skip
+                       "--batch-size", "4", "--t5-length", "16", "--validation-prompt", ""],
+                      capsys, tmp_path)  # fmt: skip
     assert code == 0 and (tmp_path / "out" / "ella.safetensors").is_file()
     code, err = run_cli(
-        ["--train-data", str(pictures), "--out", str(tmp_path / "x"), "--caption-dropout", "1.5"], capsys
+        ["--train-data", str(pictures), "--out", str(tmp_path / "x"), "--caption-dropout", "1.5"], capsys, tmp_path
     )
     assert code == 2 and "--caption-dropout must be in [0, 1)" in err
-    code, err = run_cli(["--train-data", str(pictures), "--out", str(tmp_path / "x"), "--resolution", "30"], capsys)
+    code, err = run_cli(
+        ["--train-data", str(pictures), "--out", str(tmp_path / "x"), "--resolution", "30"], capsys, tmp_path
+    )
     assert code == 2 and "--resolution must be a multiple of 8" in err
 
 
@@ -311,10 +349,10 @@ def test_data_errors_reach_the_command_line_as_messages(tmp_path, capsys):
     folder = tmp_path / "no-metadata"
     folder.mkdir()
     Image.new("RGB", (32, 32)).save(folder / "a.png")
-    code, err = run_cli(["--train-data", str(folder), "--out", str(tmp_path / "out")], capsys)
+    code, err = run_cli(["--train-data", str(folder), "--out", str(tmp_path / "out")], capsys, tmp_path)
     assert code == 2 and "metadata.jsonl" in err
     broken = write_pictures(tmp_path / "broken", 4)
     (broken / "002.png").write_text("not an image")
     code, err = run_cli(["--train-data", str(broken), "--out", str(tmp_path / "out2"), "--batch-size", "4",
-                         "--t5-length", "16", "--validation-prompt", ""], capsys)  # fmt: skip
+                         "--t5-length", "16", "--validation-prompt", ""], capsys, tmp_path)  # fmt: skip
     assert code == 2 and "002.png" in err

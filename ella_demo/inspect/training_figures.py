@@ -6,6 +6,7 @@ import textwrap
 from collections.abc import Sequence
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from ella_demo.inspect.figures import new_figure, plain_text
 
@@ -26,8 +27,7 @@ def loss_curve_figure(steps: np.ndarray, losses: np.ndarray, title: str = "Conne
         axes.plot(steps[window - 1 :], smoothed, color="tab:blue", linewidth=1.8, label=f"mean of {window} steps")
     axes.set_xlabel("optimizer step")
     axes.set_ylabel("diffusion loss (MSE)")
-    if len(losses) and np.all(np.asarray(losses) > 0):
-        axes.set_yscale("log")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(alpha=0.3)
     axes.legend(loc="upper right", fontsize=8)
     axes.set_title(title)
@@ -35,15 +35,24 @@ def loss_curve_figure(steps: np.ndarray, losses: np.ndarray, title: str = "Conne
 
 
 def validation_pairs_figure(
-    prompts: Sequence[str], clip_images: Sequence[np.ndarray], ella_images: Sequence[np.ndarray], step: int, seed: int
+    prompts: Sequence[str],
+    clip_images: Sequence[np.ndarray],
+    ella_images: Sequence[np.ndarray],
+    step: int,
+    seed: int,
+    random_weights: bool = False,
 ):
     """One row per prompt: SD1.5 with CLIP beside the same UNet with the connector, same seed and noise.
 
-    clip_images, ella_images: one (H, W, 3) float array in [0, 1] per prompt.
+    clip_images, ella_images: one (H, W, 3) float array in [0, 1] per prompt. `random_weights` says the
+    UNet has learned nothing, so the title says the images are noise.
     """
     rows = len(prompts)
-    figure = new_figure(7.0, 3.4 * rows + 0.4)
-    figure.suptitle(f"Validation at step {step} (seed {seed}): CLIP vs connector, same initial noise")
+    figure = new_figure(7.0, 3.4 * rows + 0.6)
+    title = f"Validation at step {step} (seed {seed}): CLIP vs connector, same initial noise"
+    if random_weights:
+        title += "\nRandom-weight UNet and VAE: these images are noise, not a result"
+    figure.suptitle(title)
     for row, (prompt, clip, ella) in enumerate(zip(prompts, clip_images, ella_images, strict=True)):
         for column, (image, label) in enumerate(((clip, "CLIP"), (ella, "ELLA connector"))):
             axes = figure.add_subplot(rows, 2, 2 * row + column + 1)

@@ -14,6 +14,7 @@ from ella_demo.core.engine import generate
 from ella_demo.core.models import LoadedModels
 from ella_demo.inspect.figures import to_png
 from ella_demo.inspect.training_figures import loss_curve_figure, validation_pairs_figure
+from ella_demo.loading.sources import WEIGHTLESS_PRESETS
 
 LOG_COLUMNS = ("step", "loss", "lr", "samples_per_s", "elapsed_s")
 
@@ -76,5 +77,11 @@ class Validator:
             ella_images.append(result.ella_pixels[0])
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"step-{step:07d}.png"
-        path.write_bytes(to_png(validation_pairs_figure(self.prompts, clip_images, ella_images, step, self.seed)))
+        path.write_bytes(
+            to_png(
+                validation_pairs_figure(
+                    self.prompts, clip_images, ella_images, step, self.seed, self.models.preset in WEIGHTLESS_PRESETS
+                )
+            )
+        )
         return path
