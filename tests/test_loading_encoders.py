@@ -18,7 +18,8 @@ import pytest
 import safetensors.torch
 import torch
 from test_loading import make_hub_cache, same_weights
-from transformers import BartConfig, BartModel, BertConfig, BertModel, BertTokenizerFast, T5EncoderModel
+from tests_support import write_tiny_bert
+from transformers import BartConfig, BartModel, BertModel, T5EncoderModel
 
 import ella_demo
 from ella_demo import load_models
@@ -42,24 +43,7 @@ PROMPT = "a red cube"
 
 @pytest.fixture(scope="module")
 def bert_folder(tmp_path_factory) -> Path:
-    """A tiny BERT encoder and its fast WordPiece tokenizer, saved as a hub folder holds them."""
-    folder = tmp_path_factory.mktemp("tiny_bert")
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *PROMPT.split(), *letters, *(f"##{c}" for c in letters)]
-    tokenizer = BertTokenizerFast(vocab={token: index for index, token in enumerate(vocab)}, model_max_length=64)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=BERT_WIDTH,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), PROMPT.split(), BERT_WIDTH)
 
 
 def adaln_linears(model: torch.nn.Module) -> dict[str, torch.Tensor]:

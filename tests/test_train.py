@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tests_support import free_port
+from tests_support import free_port, write_tiny_bert
 
 from ella_demo import generate, load_models
 from ella_demo.cli import main
@@ -356,3 +356,13 @@ def test_data_errors_reach_the_command_line_as_messages(tmp_path, capsys):
     code, err = run_cli(["--train-data", str(broken), "--out", str(tmp_path / "out2"), "--batch-size", "4",
                          "--t5-length", "16", "--validation-prompt", ""], capsys, tmp_path)  # fmt: skip
     assert code == 2 and "002.png" in err
+
+
+def test_a_connector_for_another_text_encoder_trains_and_generates_with_it(pictures, tmp_path):
+    """--text-encoder: the connector's input width follows the encoder (a 48-wide BERT here)."""
+    words = ["a", "red", "green", "blue", "yellow", "square", "on", "the", "left", "right"]
+    bert = write_tiny_bert(tmp_path / "bert", words, width=48)
+    result = train(tiny_config(pictures, tmp_path / "out", max_steps=2, text_encoder=str(bert)))
+    models = load_models("tiny", text_encoder=str(bert), ella=str(result.connector), device="cpu")
+    assert models.ella.config.input_dim == 48
+    assert generate(models, "a red square", num_inference_steps=2, height=32, width=32).ella_images

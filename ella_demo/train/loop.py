@@ -114,17 +114,10 @@ def prepare_run(config: TrainConfig, models: LoadedModels | None = None) -> Trai
     if accelerator.is_main_process:
         config.out.mkdir(parents=True, exist_ok=True)
         (config.out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    return TrainingRun(
-        config=config,
-        accelerator=accelerator,
-        models=models,
-        connector=connector,
-        optimizer=optimizer,
-        ema=ema,
-        source=_batch_source(config, models, accelerator),
-        noise_scheduler=noise_scheduler_for(models.pipe.scheduler.config),
-        options=LossOptions(config.caption_dropout, config.min_snr_gamma, with_clip=config.mode == "ella+clip"),
-    )
+    source = _batch_source(config, models, accelerator)
+    options = LossOptions(config.caption_dropout, config.min_snr_gamma, with_clip=config.mode == "ella+clip")
+    noise_scheduler = noise_scheduler_for(models.pipe.scheduler.config)
+    return TrainingRun(config, accelerator, models, connector, optimizer, ema, source, noise_scheduler, options)
 
 
 def _batch_source(config: TrainConfig, models: LoadedModels, accelerator: Accelerator) -> OnlineBatches | CachedBatches:
