@@ -201,6 +201,12 @@ def test_resuming_with_another_recipe_or_without_a_checkpoint_is_refused(picture
     code, err = run_cli(["--train-data", str(pictures), "--out", str(tmp_path / "empty"), "--resume", "latest"],
                         capsys, tmp_path)  # fmt: skip
     assert code == 2 and "holds no checkpoint yet" in err
+    # A new run into a folder holding another run's checkpoints would mix the two: refused.
+    code, err = run_cli(["--train-data", str(pictures), "--out", str(config.out)], capsys, tmp_path)
+    assert code == 2 and "already holds checkpoints of a run (the latest: step-0000002)" in err
+    (tmp_path / "a-file").write_text("")
+    code, err = run_cli(["--train-data", str(pictures), "--out", str(tmp_path / "a-file")], capsys, tmp_path)
+    assert code == 2 and "--out" in err and "is a file" in err
 
 
 # --- several processes -----------------------------------------------------------------------------

@@ -27,12 +27,20 @@ from tqdm.auto import tqdm
 
 from ella_demo.core.connector import ELLA
 from ella_demo.core.devices import choose_placement
+from ella_demo.core.errors import InputError
 from ella_demo.core.models import LoadedModels
 from ella_demo.loading.checkpoint import save_ella_checkpoint
 from ella_demo.loading.models import load_models
 from ella_demo.loading.sources import ELLA_SCRATCH
 from ella_demo.train.batches import CachedBatches, OnlineBatches, prepare_cache
-from ella_demo.train.checkpoints import TrainingState, find_checkpoint, load_checkpoint, save_checkpoint
+from ella_demo.train.checkpoints import (
+    ResumeError,
+    TrainingState,
+    find_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from ella_demo.train.config import TrainConfig, validate
 from ella_demo.train.data import ImageCaptionDataset, StepBatches, load_image_captions
 from ella_demo.train.features import FeatureEncoder, sample_latents
@@ -90,6 +98,7 @@ def train(config: TrainConfig, models: LoadedModels | None = None) -> TrainResul
 def prepare_run(config: TrainConfig, models: LoadedModels | None = None) -> TrainingRun:
     """Check the config, then build the models, data source, trainable connector and optimizer of a run."""
     validate(config)
+    _check_out(config)
     placement = choose_placement(config.device, config.dtype, config.t5_dtype)
     accelerator = Accelerator(
         cpu=placement.device.type == "cpu",
@@ -118,6 +127,18 @@ def prepare_run(config: TrainConfig, models: LoadedModels | None = None) -> Trai
     options = LossOptions(config.caption_dropout, config.min_snr_gamma, with_clip=config.mode == "ella+clip")
     noise_scheduler = noise_scheduler_for(models.pipe.scheduler.config)
     return TrainingRun(config, accelerator, models, connector, optimizer, ema, source, noise_scheduler, options)
+
+
+def _check_out(config: TrainConfig) -> None:
+    """Refuse an output folder that is a file, or that holds another run's checkpoints without --resume."""
+    if config.out.exists() and not config.out.is_dir():
+        raise InputError("out", f"{config.out} is a file: give a folder for the run's outputs.")
+    found = list_checkpoints(config.out)
+    if found and not config.resume:
+        raise ResumeError(
+            f"{config.out} already holds checkpoints of a run (the latest: {found[-1].name}). Pass --resume latest "
+            "to continue it, or choose another --out for a new run."
+        )
 
 
 def _batch_source(config: TrainConfig, models: LoadedModels, accelerator: Accelerator) -> OnlineBatches | CachedBatches:
