@@ -9,7 +9,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from ella_demo import generate, load_models
-from ella_demo.bench import speed, trace_size
+from ella_demo.bench import speed, trace_size, training
 from ella_demo.cli import main
 from ella_demo.loading.shipped import package_config_dir
 
@@ -115,3 +115,55 @@ def test_trace_size_has_sd15_shapes_at_512(tmp_path):
 def test_trace_size_command_refuses_model_choices(capsys):
     assert main(["bench", "--trace-size", "--preset", "random-sd15", "--device", "cpu"]) == 2
     assert "--trace-size builds its own models" in capsys.readouterr().err
+
+
+# --- training ------------------------------------------------------------------------------------------
+
+
+def test_training_bench_measures_all_four_configurations(tmp_path, capsys):
+    """Each configuration trains in its own process; the cache, built once, holds exactly the expected features."""
+    path = tmp_path / "training.json"
+    code = main(["bench", "--training", "--preset", "tiny", "--device", "cpu", "--resolution", "32",
+                 "--batch-size", "2", "--train-steps", "1", "--json", str(path)])  # fmt: skip
+    assert code == 0
+    table = capsys.readouterr().out
+    report = json.loads(path.read_text())
+    configs = report["configs"]
+    assert list(configs) == ["online", "online_checkpointing", "cached", "cached_checkpointing"]
+    tiny = package_config_dir("tiny")
+    t5_width = json.loads((tiny / "t5" / "config.json").read_text())["d_model"]
+    latent_channels = json.loads((tiny / "vae" / "config.json").read_text())["latent_channels"]
+    # fp32 on a CPU: 128 T5 tokens, and the VAE posterior's mean and std at 32 / 8 = 4 latent pixels a side.
+    features_per_sample = 4 * (128 * t5_width + 2 * latent_channels * 4 * 4)
+    for name, row in configs.items():
+        assert name in table
+        assert (row["cached"], row["checkpointing"]) == (name.startswith("cached"), name.endswith("checkpointing"))
+        assert len(row["step_s"]) == 1 and len(row["losses"]) == 2 and all(0 < loss < 10 for loss in row["losses"])
+        assert row["samples_per_s"] == pytest.approx(2 / row["seconds_per_step"]) and row["samples_per_s"] > 0
+        assert 0 < row["memory_after_load_mb"] <= row["peak_memory_mb"]
+    build = report["cache_build"]
+    assert build["cache_samples"] == 4  # (1 warm-up + 1 timed step) x batch 2
+    assert build["cache_bytes_per_sample"] == pytest.approx(features_per_sample, rel=0.01)
+    assert build["seconds"] > 0 and "feature cache (own process): 4 samples" in table
+    ratio = report["ratios"]["online_over_cached_seconds_per_step"]
+    assert ratio == pytest.approx(configs["online"]["seconds_per_step"] / configs["cached"]["seconds_per_step"])
+    # Memory ratios only where both peaks come from the steps: a tiny step may add less than loading's own peak.
+    known = {name for name, row in configs.items() if row["step_memory_mb"] is not None}
+    assert all((row["step_memory_mb"] is None) == row["peak_set_before_steps"] for row in configs.values())
+    expected = {f"{a}_over_{b}_seconds_per_step" for a, b in training.RATIO_PAIRS}
+    expected |= {f"{a}_over_{b}_step_memory_mb" for a, b in training.RATIO_PAIRS if {a, b} <= known}
+    assert set(report["ratios"]) == expected
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--train-steps", "0"], "--train-steps must be at least 1"),
+        (["--resolution", "36"], "--resolution must be a multiple of 8"),
+        (["--configs", "online", "offline"], "--configs must be some of online, online_checkpointing"),
+        (["--t5", "some/t5"], "--training trains a new connector on the preset's models; drop --t5"),
+    ],
+)
+def test_training_bench_names_bad_flags_before_starting(flags, message, capsys):
+    assert main(["bench", "--training", "--preset", "tiny", "--device", "cpu", *flags]) == 2
+    assert message in capsys.readouterr().err

@@ -5,13 +5,15 @@ feature cache built first; the UNet's gradient checkpointing off or on. Each run
 spawned process, as sessions.py spawns the app: a process's peak RSS cannot be reset and loading
 the models sets a peak of its own, so a shared process would hide what a training step adds.
 
-In that process: load the models, `train.loop.prepare_run` (timed as setup; for a cached
-configuration this builds the feature cache), warm-up optimizer steps, then the timed steps, each
-one `loop._optimizer_step` exactly as `train` runs it. Memory on CUDA: torch's allocated bytes
-after loading and after setup, and their peak over the timed steps (reset after the warm-up).
-Elsewhere: the process's RSS after loading and after setup, and its peak (ru_maxrss) over the
-whole process, with the peak reached before the first step kept as well, so that a peak set by
-loading or by the cache build shows as such.
+In that process: load the models, `train.loop.prepare_run` (timed as setup), warm-up optimizer
+steps, then the timed steps, each one `loop._optimizer_step` exactly as `train` runs it. The
+feature cache is built once, through `prepare_run` too, in a process of its own before the first
+cached configuration (timed and reported apart): encoding full-size pictures peaks higher than a
+training step does, so in the training process it would hide the step's peak. Memory on CUDA:
+torch's allocated bytes after loading and after setup, and their peak over the timed steps (reset
+after the warm-up). Elsewhere: the process's RSS after loading and after setup, and its peak
+(ru_maxrss) over the whole process, with the peak reached before the first step kept as well, so
+that a peak set by loading shows as such.
 
 The data are synthetic pictures at the benchmark's resolution, as many as the steps read (each
 step reads fresh samples), with captions of 20-40 words, encoded at the recipe's 128 T5 tokens.
@@ -39,6 +41,7 @@ from PIL import Image
 from ella_demo.bench.speed import _peak_memory_mb
 from ella_demo.core.devices import choose_placement
 from ella_demo.core.errors import InputError
+from ella_demo.core.models import LoadedModels
 from ella_demo.inspect.outputs import package_versions
 from ella_demo.loading.models import load_models
 from ella_demo.loading.sources import ELLA_SCRATCH
@@ -100,6 +103,7 @@ class TrainingBench:
     device: str = "auto"
     dtype: str | None = None
     t5_dtype: str | None = None
+    cache_dir: Path | None = None  # the hub cache, for the sd15 preset's weights
     resolution: int = TINY_SHAPE[0]
     batch_size: int = TINY_SHAPE[1]
     timed_steps: int = 3
@@ -118,8 +122,10 @@ def train_config(bench: TrainingBench, name: str, data: Path, workdir: Path) -> 
     return TrainConfig(
         train_data=str(data), out=workdir / name, preset=bench.preset, device=bench.device, dtype=bench.dtype,
         t5_dtype=bench.t5_dtype, resolution=bench.resolution, batch_size=bench.batch_size,
-        max_steps=steps, feature_cache=workdir / f"{name}_features" if cached else None,
+        max_steps=steps, feature_cache=workdir / "features" if cached else None,
         gradient_checkpointing=checkpointing, validation_prompts=(), progress=False,
+        # The benchmark loads the models itself (with bench.cache_dir): this serves only `datasets`' copy of the
+        # pictures, which goes with the work folder.
         cache_dir=workdir / "datasets_cache",
     )  # fmt: skip
 
@@ -176,13 +182,42 @@ def _caption(rng: np.random.Generator) -> str:
     return " ".join(words[:target])
 
 
-def measure_configuration(bench: TrainingBench, name: str, data: Path, workdir: Path) -> dict:
-    """Load, set up and train configuration `name` as `train` would; its times and memory. Run it in a fresh process."""
-    config = train_config(bench, name, data, workdir)
+def _load(config: TrainConfig, cache_dir: Path | None) -> tuple[LoadedModels, float]:
+    """The models as `prepare_run` would load them (a new connector), and the seconds loading took."""
     started = time.perf_counter()
     models = load_models(config.preset, ella=ELLA_SCRATCH, device=config.device, dtype=config.dtype,
-                         t5_dtype=config.t5_dtype, seed=config.seed)  # fmt: skip
-    load_s = time.perf_counter() - started
+                         t5_dtype=config.t5_dtype, cache_dir=cache_dir, seed=config.seed)  # fmt: skip
+    return models, time.perf_counter() - started
+
+
+def measure_cache_build(bench: TrainingBench, data: Path, workdir: Path) -> dict:
+    """Build the feature cache the cached configurations share, through `prepare_run`; its time, memory and size.
+
+    Run it in a fresh process of its own: encoding full-size pictures sets a memory peak of its own,
+    which would hide the training steps' peak in the process that trains.
+    """
+    config = train_config(bench, "cached", data, workdir)
+    models, load_s = _load(config, bench.cache_dir)
+    after_load = _memory_now_mb(models.device)
+    started = time.perf_counter()
+    run = loop.prepare_run(config, models)
+    return {
+        "seconds": time.perf_counter() - started,
+        "load_s": load_s,
+        "memory_after_load_mb": after_load,
+        "peak_memory_mb": _peak_memory_mb(models.device),
+        **_cache_size(run.source.cache),
+    }
+
+
+def measure_configuration(bench: TrainingBench, name: str, data: Path, workdir: Path) -> dict:
+    """Load, set up and train configuration `name` as `train` would; its times and memory.
+
+    Run it in a fresh process, after `measure_cache_build` for a cached configuration (its setup then
+    finds the cache complete and encodes nothing).
+    """
+    config = train_config(bench, name, data, workdir)
+    models, load_s = _load(config, bench.cache_dir)
     device = models.device
     after_load = _memory_now_mb(device)
     started = time.perf_counter()
@@ -192,7 +227,9 @@ def measure_configuration(bench: TrainingBench, name: str, data: Path, workdir: 
     seconds, losses = _steps(run, bench)
     timed = seconds[bench.warmup_steps :]
     peak = _peak_memory_mb(device)
-    result = {
+    # ru_maxrss cannot be reset: if loading set the peak, what the steps add is unknown.
+    hidden = device.type != "cuda" and peak <= peak_before_steps
+    return {
         "cached": config.feature_cache is not None,
         "checkpointing": config.gradient_checkpointing,
         "placement": models.placement.describe(),
@@ -207,14 +244,10 @@ def measure_configuration(bench: TrainingBench, name: str, data: Path, workdir: 
         "memory_after_setup_mb": after_setup,
         "peak_before_steps_mb": peak_before_steps,
         "peak_memory_mb": peak,
-        "step_memory_mb": peak - after_setup,
-        # ru_maxrss cannot be reset: if loading or the cache build set the peak, the steps' own is hidden.
-        "peak_set_before_steps": device.type != "cuda" and peak <= peak_before_steps,
+        "step_memory_mb": None if hidden else peak - after_setup,
+        "peak_set_before_steps": hidden,
         "memory": _memory_kind(device),
     }
-    if config.feature_cache is not None:
-        result |= _cache_size(run.source.cache)
-    return result
 
 
 def _steps(run: loop.TrainingRun, bench: TrainingBench) -> tuple[list[float], list[float]]:
@@ -262,25 +295,22 @@ def _in_fresh_process(function, *args):
 def run_training_bench(bench: TrainingBench, configs: Sequence[str] = tuple(CONFIGS), progress: bool = True) -> dict:
     """Each configuration in its own process on the same synthetic data; results, ratios and the environment.
 
-    Keys: `configs` (name -> the figures of `measure_configuration`), `ratios` (see `RATIO_PAIRS`),
-    `settings`, `device`, `machine`, `memory` (what the memory figures are), `versions`, `wall_s`.
-    `progress` prints one line to stderr as each configuration finishes.
+    Keys: `configs` (name -> the figures of `measure_configuration`), `cache_build` (those of
+    `measure_cache_build`, when a cached configuration ran), `ratios` (see `RATIO_PAIRS`), `settings`,
+    `device`, `machine`, `memory` (what the memory figures are), `versions`, `wall_s`.
+    `progress` prints one line to stderr as each process finishes.
     """
     check_settings(bench, configs)
     started = time.perf_counter()
-    results = {}
     with tempfile.TemporaryDirectory(prefix="ella-training-bench-") as folder:
-        workdir = Path(folder)
-        data = write_training_pictures(workdir / "pictures", bench.num_samples, bench.resolution)
-        for name in configs:
-            results[name] = _in_fresh_process(measure_configuration, bench, name, data, workdir)
-            if progress:
-                print(f"{name}: {results[name]['seconds_per_step']:.3f} s/step", file=sys.stderr, flush=True)
+        results, cache_build = _measure_all(bench, configs, Path(folder), progress)
     first = next(iter(results.values()))
     return {
         "configs": results,
+        **({"cache_build": cache_build} if cache_build else {}),
         "ratios": _ratios(results),
-        "settings": {**asdict(bench), "t5_length": TrainConfig.t5_length, "num_samples": bench.num_samples},
+        "settings": json.loads(json.dumps(asdict(bench), default=str))
+        | {"t5_length": TrainConfig.t5_length, "num_samples": bench.num_samples},
         "device": first["placement"],
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
         "memory": first["memory"],
@@ -289,38 +319,66 @@ def run_training_bench(bench: TrainingBench, configs: Sequence[str] = tuple(CONF
     }
 
 
+def _measure_all(
+    bench: TrainingBench, configs: Sequence[str], workdir: Path, progress: bool
+) -> tuple[dict[str, dict], dict | None]:
+    """Write the pictures, then measure each configuration, building the feature cache before the first cached one."""
+    data = write_training_pictures(workdir / "pictures", bench.num_samples, bench.resolution)
+    results, cache_build = {}, None
+
+    def say(line: str) -> None:
+        if progress:
+            print(line, file=sys.stderr, flush=True)
+
+    for name in configs:
+        if CONFIGS[name][0] and cache_build is None:
+            cache_build = _in_fresh_process(measure_cache_build, bench, data, workdir)
+            say(f"feature cache: built in {cache_build['seconds']:.1f} s")
+        results[name] = _in_fresh_process(measure_configuration, bench, name, data, workdir)
+        say(f"{name}: {results[name]['seconds_per_step']:.3f} s/step")
+    return results, cache_build
+
+
 def _ratios(results: dict[str, dict]) -> dict[str, float]:
-    """`<a>_over_<b>_<metric>` for each pair of RATIO_PAIRS measured in this run."""
+    """`<a>_over_<b>_<metric>` for each pair of RATIO_PAIRS measured in this run (where both values are known)."""
     return {
         f"{first}_over_{second}_{metric}": results[first][metric] / results[second][metric]
         for first, second in RATIO_PAIRS
         if first in results and second in results
         for metric in RATIO_METRICS
+        if results[first][metric] is not None and results[second][metric] is not None
     }
 
 
 def format_training_table(report: dict) -> str:
-    """The report as plain text: one row per configuration, then the ratios."""
+    """The report as plain text: one row per configuration, the feature cache's build, then the ratios."""
     settings = report["settings"]
     lines = [
         f"connector training, preset {settings['preset']} at {settings['resolution']}x{settings['resolution']}, "
         f"batch {settings['batch_size']}, T5 length {settings['t5_length']}, on {report['device']}; "
         f"{report['machine']}",
         f"median of {settings['timed_steps']} timed optimizer step(s) after {settings['warmup_steps']} warm-up; "
-        f"memory: {report['memory']}; * = the peak was reached before the first step (loading or setup)",
+        f"memory: {report['memory']}; * = the peak was reached before the first step",
         "",
         f"{'config':<22}{'s/step':>9}{'samples/s':>11}{'load s':>8}{'setup s':>9}{'after load':>12}"
-        f"{'after setup':>13}{'peak':>10}{'step mem':>10}{'cache/sample':>14}",
+        f"{'after setup':>13}{'peak':>10}{'step mem':>10}",
     ]
     for name, row in report["configs"].items():
-        marker = "*" if row["peak_set_before_steps"] else ""
-        cache = f"{row['cache_bytes_per_sample'] / 2**10:.1f} KiB" if row["cached"] else "-"
+        step_memory = "-" if row["step_memory_mb"] is None else f"{row['step_memory_mb']:.0f}"
         lines.append(
             f"{name:<22}{row['seconds_per_step']:>9.3f}{row['samples_per_s']:>11.3f}{row['load_s']:>8.1f}"
             f"{row['setup_s']:>9.1f}{row['memory_after_load_mb']:>12.0f}{row['memory_after_setup_mb']:>13.0f}"
-            f"{row['peak_memory_mb']:>9.0f}{marker:1}{row['step_memory_mb']:>10.0f}{cache:>14}"
+            f"{row['peak_memory_mb']:>9.0f}{'*' if row['peak_set_before_steps'] else ' '}{step_memory:>10}"
         )
+    if build := report.get("cache_build"):
+        lines += [
+            "",
+            f"feature cache (own process): {build['cache_samples']} samples encoded in {build['seconds']:.1f} s, "
+            f"{build['cache_bytes_per_sample'] / 2**10:.1f} KiB per sample on disk, peak memory "
+            f"{build['peak_memory_mb']:.0f} MiB",
+        ]
     lines += ["", "ratios (this run)"]
-    lines += [f"  {name:<58}{value:>8.3f}" for name, value in report["ratios"].items()]
+    width = max((len(name) for name in report["ratios"]), default=0)
+    lines += [f"  {name:<{width}}  {value:>8.3f}" for name, value in report["ratios"].items()]
     lines.append(f"\nwall time {report['wall_s']:.0f} s")
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""The `bench` command: time the engine, or measure the trace's size, or the app's memory over sessions."""
+"""The `bench` command: time the engine, or measure the trace's size, the app's memory over sessions, or
+connector training's throughput and memory."""
 
 from __future__ import annotations
 
@@ -12,11 +13,17 @@ from ella_demo.core.errors import InputError
 from ella_demo.core.settings import SCHEDULER_NAMES, GenerationSettings, validate
 from ella_demo.core.text_encoding import FLEXIBLE
 
+# The flag of each setting the training benchmark's checks may name.
+TRAINING_FLAGS = {"timed_steps": "--train-steps", "configs": "--configs", "resolution": "--resolution",
+                  "batch_size": "--batch-size"}  # fmt: skip
+
 
 def add_bench_parser(commands: argparse._SubParsersAction) -> None:
-    """The `bench` sub-command's flags: the timing ones, then those of --trace-size and --sessions."""
+    """The `bench` sub-command's flags: the timing ones, then those of --trace-size, --sessions and --training."""
     bench = commands.add_parser(
-        "bench", help="time the engine (cold and warm caches) against diffusers' pipeline, or measure trace sizes"
+        "bench",
+        help="time the engine (cold and warm caches) against diffusers' pipeline, or measure trace sizes, serving "
+        "memory or connector training",
     )
     arguments.add_model_arguments(bench, default_preset="tiny")
     bench.add_argument("--steps", type=int, default=10)
@@ -48,6 +55,26 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
         default=[FLEXIBLE],
         help="with --trace-size: flexible or N",
     )
+    _add_training_arguments(bench)
+
+
+def _add_training_arguments(bench: argparse.ArgumentParser) -> None:
+    """The flags of --training (bench/training.py)."""
+    bench.add_argument(
+        "--training",
+        action="store_true",
+        help="instead of timing generation, measure connector training (samples/s, peak memory) on synthetic "
+        "pictures: online encoding or a feature cache, gradient checkpointing off or on, each in a fresh process "
+        "(models: --preset/--device/--dtype/--t5-dtype)",
+    )
+    bench.add_argument("--resolution", type=int, help="with --training: picture side (default 64 for tiny, else 512)")
+    bench.add_argument("--batch-size", type=int, help="with --training: default 8 for tiny, else 1")
+    bench.add_argument("--train-steps", type=int, default=3, help="with --training: timed steps after 1 warm-up")
+    bench.add_argument(
+        "--configs",
+        nargs="+",
+        help="with --training: some of online, online_checkpointing, cached, cached_checkpointing (default all)",
+    )
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -58,6 +85,8 @@ def run_bench(args: argparse.Namespace) -> int:
         report = _bench_sessions(args)
     elif args.trace_size:
         report = _bench_trace_size(args)
+    elif args.training:
+        report = _bench_training(args)
     else:
         report = _bench_speed(args)
     if args.json:
@@ -86,7 +115,7 @@ def _bench_trace_size(args: argparse.Namespace) -> dict:
     """Measure trace sizes on models the benchmark builds itself: model choices are refused."""
     from ella_demo.bench.trace_size import format_trace_sizes, measure_trace_size
 
-    overrides = [flag for flag, value in (("--sd15", args.sd15), ("--ella", args.ella), ("--t5", args.t5)) if value]
+    overrides = _model_overrides(args)
     if overrides or args.preset != "tiny":
         raise InputError(
             "--trace-size",
@@ -112,4 +141,30 @@ def _bench_sessions(args: argparse.Namespace) -> dict:
     limits = ServingLimits(max_sessions=args.max_sessions)
     report = session_memory(args.preset, args.sessions, max(1, args.sessions // 10), args.height, args.steps, limits)
     print(format_session_memory(report))
+    return report
+
+
+def _model_overrides(args: argparse.Namespace) -> list[str]:
+    """The model flags given beyond the preset, which the benchmarks that build their own models refuse."""
+    flags = (("--sd15", args.sd15), ("--ella", args.ella), ("--t5", args.t5), ("--text-encoder", args.text_encoder))
+    return [flag for flag, value in flags if value]
+
+
+def _bench_training(args: argparse.Namespace) -> dict:
+    """Measure connector training on the preset's own models, each configuration in a fresh process."""
+    from ella_demo.bench import training
+
+    if overrides := _model_overrides(args):
+        raise InputError("--training", f"trains a new connector on the preset's models; drop {', '.join(overrides)}.")
+    resolution, batch_size = training.default_shape(args.preset)
+    bench = training.TrainingBench(
+        preset=args.preset, device=args.device, dtype=args.dtype, t5_dtype=args.t5_dtype, cache_dir=args.cache_dir,
+        resolution=resolution if args.resolution is None else args.resolution,
+        batch_size=batch_size if args.batch_size is None else args.batch_size, timed_steps=args.train_steps,
+    )  # fmt: skip
+    try:
+        report = training.run_training_bench(bench, args.configs or tuple(training.CONFIGS))
+    except InputError as error:
+        raise InputError(TRAINING_FLAGS.get(error.field, error.field), error.detail) from None
+    print(training.format_training_table(report))
     return report
