@@ -145,6 +145,10 @@ def test_training_bench_measures_all_four_configurations(tmp_path, capsys):
     assert build["cache_samples"] == 4  # (1 warm-up + 1 timed step) x batch 2
     assert build["cache_bytes_per_sample"] == pytest.approx(features_per_sample, rel=0.01)
     assert build["seconds"] > 0 and "feature cache (own process): 4 samples" in table
+    # FLOPs counted in the warm-up step: encoding online, and recomputing under checkpointing, add work.
+    flops = {name: row["flops_per_sample"] for name, row in configs.items()}
+    assert flops["online"] > flops["cached"] > 0
+    assert flops["online_checkpointing"] > flops["online"] and flops["cached_checkpointing"] > flops["cached"]
     ratio = report["ratios"]["online_over_cached_seconds_per_step"]
     assert ratio == pytest.approx(configs["online"]["seconds_per_step"] / configs["cached"]["seconds_per_step"])
     # Memory ratios only where both peaks come from the steps: a tiny step may add less than loading's own peak.

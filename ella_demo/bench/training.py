@@ -21,6 +21,7 @@ step reads fresh samples), with captions of 20-40 words, encoded at the recipe's
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import platform
@@ -37,6 +38,7 @@ import numpy as np
 import psutil
 import torch
 from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
 
 from ella_demo.bench.speed import _peak_memory_mb
 from ella_demo.core.devices import choose_placement
@@ -133,10 +135,13 @@ def train_config(bench: TrainingBench, name: str, data: Path, workdir: Path) -> 
 def check_settings(bench: TrainingBench, configs: Sequence[str]) -> None:
     """Raise an ExplorerError for settings the measurement cannot use, before any process starts.
 
-    InputError fields: `timed_steps`, `configs`, or those of the TrainConfig (`resolution`, `batch_size`).
+    InputError fields: `timed_steps`, `warmup_steps`, `configs`, or those of the TrainConfig
+    (`resolution`, `batch_size`).
     """
     if bench.timed_steps < 1:
         raise InputError("timed_steps", f"must be at least 1, got {bench.timed_steps}.")
+    if bench.warmup_steps < 1:
+        raise InputError("warmup_steps", f"must be at least 1 (the first step counts FLOPs), got {bench.warmup_steps}.")
     unknown = [name for name in configs if name not in CONFIGS]
     if unknown or not configs:
         raise InputError("configs", f"must be some of {', '.join(CONFIGS)}, got {list(configs)}.")
@@ -224,7 +229,7 @@ def measure_configuration(bench: TrainingBench, name: str, data: Path, workdir: 
     run = loop.prepare_run(config, models)
     setup_s = time.perf_counter() - started
     after_setup, peak_before_steps = _memory_now_mb(device), _peak_memory_mb(device)
-    seconds, losses = _steps(run, bench)
+    seconds, losses, flops = _steps(run, bench)
     timed = seconds[bench.warmup_steps :]
     peak = _peak_memory_mb(device)
     # ru_maxrss cannot be reset: if loading set the peak, what the steps add is unknown.
@@ -239,6 +244,7 @@ def measure_configuration(bench: TrainingBench, name: str, data: Path, workdir: 
         "warmup_step_s": seconds[: bench.warmup_steps],
         "seconds_per_step": statistics.median(timed),
         "samples_per_s": bench.batch_size / statistics.median(timed),
+        "flops_per_sample": flops / bench.batch_size,
         "losses": losses,
         "memory_after_load_mb": after_load,
         "memory_after_setup_mb": after_setup,
@@ -250,20 +256,28 @@ def measure_configuration(bench: TrainingBench, name: str, data: Path, workdir: 
     }
 
 
-def _steps(run: loop.TrainingRun, bench: TrainingBench) -> tuple[list[float], list[float]]:
-    """Seconds and loss of each optimizer step, warm-up first; on CUDA the peak is reset after the warm-up."""
+def _steps(run: loop.TrainingRun, bench: TrainingBench) -> tuple[list[float], list[float], int]:
+    """Seconds and loss of each optimizer step, warm-up first, and the FLOPs of the first (warm-up) step.
+
+    torch's FlopCounterMode counts the matmuls and convolutions the step dispatches (encoders,
+    UNet forward and backward, recomputation under checkpointing, connector); it slows that step,
+    which is why it counts an untimed one. On CUDA the peak memory is reset after the warm-up.
+    """
     stream, empty = run.source.stream(0), run.source.empty_prompt()
     device = run.models.device
-    seconds, losses = [], []
+    seconds, losses, flops = [], [], 0
     for step in range(1, bench.warmup_steps + bench.timed_steps + 1):
         if step == bench.warmup_steps + 1 and device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        counter = FlopCounterMode(display=False) if step == 1 else contextlib.nullcontext()
         started = time.perf_counter()
         # The step ends with the loss's .item(), which waits for the device: no other synchronisation needed.
-        loss, _ = loop._optimizer_step(run, step, stream, empty)
+        with counter:
+            loss, _ = loop._optimizer_step(run, step, stream, empty)
         seconds.append(time.perf_counter() - started)
         losses.append(loss)
-    return seconds, losses
+        flops = counter.get_total_flops() if step == 1 else flops
+    return seconds, losses, flops
 
 
 def _memory_kind(device: torch.device) -> str:
@@ -360,13 +374,14 @@ def format_training_table(report: dict) -> str:
         f"median of {settings['timed_steps']} timed optimizer step(s) after {settings['warmup_steps']} warm-up; "
         f"memory: {report['memory']}; * = the peak was reached before the first step",
         "",
-        f"{'config':<22}{'s/step':>9}{'samples/s':>11}{'load s':>8}{'setup s':>9}{'after load':>12}"
+        f"{'config':<22}{'s/step':>9}{'samples/s':>11}{'GFLOP/sample':>14}{'load s':>8}{'setup s':>9}{'after load':>12}"
         f"{'after setup':>13}{'peak':>10}{'step mem':>10}",
     ]
     for name, row in report["configs"].items():
         step_memory = "-" if row["step_memory_mb"] is None else f"{row['step_memory_mb']:.0f}"
         lines.append(
-            f"{name:<22}{row['seconds_per_step']:>9.3f}{row['samples_per_s']:>11.3f}{row['load_s']:>8.1f}"
+            f"{name:<22}{row['seconds_per_step']:>9.3f}{row['samples_per_s']:>11.3f}"
+            f"{row['flops_per_sample'] / 1e9:>14.2f}{row['load_s']:>8.1f}"
             f"{row['setup_s']:>9.1f}{row['memory_after_load_mb']:>12.0f}{row['memory_after_setup_mb']:>13.0f}"
             f"{row['peak_memory_mb']:>9.0f}{'*' if row['peak_set_before_steps'] else ' '}{step_memory:>10}"
         )
