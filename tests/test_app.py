@@ -18,7 +18,7 @@ from PIL import Image
 from tests_support import free_port
 
 from ella_demo import generate
-from ella_demo.app import ServingLimits, build_app, handlers, launch_app, serving
+from ella_demo.app import ServingLimits, build_app, compare_tab, handlers, launch_app, serving
 from ella_demo.app.compare_tab import GENERATE_OUTPUTS, example_prompts
 from ella_demo.inspect.views import RunViews
 
@@ -117,6 +117,44 @@ def test_serving_defaults_are_local_and_private():
 
     args = app.parse_args([])
     assert (args.host, args.share, args.concurrency, args.preset) == ("127.0.0.1", False, 1, "sd15")
+
+
+def size_sliders(app: gr.Blocks) -> dict[str, gr.Slider]:
+    """The Compare tab's Width and Height sliders, by label."""
+    return {
+        block.label: block
+        for block in app.blocks.values()
+        if isinstance(block, gr.Slider) and block.label in ("Width", "Height")
+    }
+
+
+def test_size_sliders_start_at_the_models_native_size(tiny):
+    sliders = size_sliders(build_app(tiny))
+    assert sorted(sliders) == ["Height", "Width"]
+    for slider in sliders.values():
+        assert (slider.minimum, slider.maximum, slider.value, slider.step) == (8, 1024, tiny.native_size, 8)
+    assert tiny.native_size == 64
+
+
+@pytest.mark.parametrize(
+    ("preset", "native", "expected"),
+    [("pocket", 64, (32, 256, 64)), ("sd15", 512, (256, 1024, 512)), ("random-sd15", 512, (256, 1024, 512))],
+)
+def test_size_sliders_follow_the_preset(preset, native, expected):
+    with gr.Blocks():
+        controls = compare_tab._image_settings(SimpleNamespace(preset=preset, native_size=native))
+    for name in ("width", "height"):
+        assert (controls[name].minimum, controls[name].maximum, controls[name].value) == expected
+
+
+def test_generate_without_a_size_makes_the_native_size(client, tiny):
+    result = generated(client.predict(prompt="a red cat", steps=1, api_name="/generate"))
+    assert Image.open(result["clip_image"]).size == Image.open(result["ella_image"]).size == (64, 64)
+    direct = handlers.ExplorerUI(tiny).run_generate("a red cat", steps=1)
+    assert direct["clip_image"].size == direct["ella_image"].size == (64, 64)
+    assert direct["session"].result.settings.height == direct["session"].result.settings.width == 64
+    sized = handlers.ExplorerUI(tiny).run_generate("a red cat", steps=1, width=32)
+    assert sized["ella_image"].size == (32, 64)
 
 
 def test_views_need_a_run_first(tiny):

@@ -183,6 +183,59 @@ def test_bench_checks_its_settings_before_loading(tmp_path, capsys, no_loading):
     assert "error: --height must be a multiple of 8" in refused([*bench, "--height", "30"], capsys)
 
 
+@pytest.mark.parametrize(
+    ("preset", "flags", "message"),
+    [
+        ("pocket", ["--height", "512"], "error: --height must be a whole number from 32 to 256, got 512"),
+        ("pocket", ["--width", "16"], "error: --width must be a whole number from 32 to 256, got 16"),
+        ("sd15", ["--height", "128"], "error: --height must be a whole number from 256 to 1024, got 128"),
+    ],
+)
+def test_given_sizes_are_checked_against_the_presets_range_before_loading(preset, flags, message, tmp_path, capsys,
+                                                                          no_loading):  # fmt: skip
+    argv = ["generate", "--preset", preset, "--prompt", "a cat", *flags, "--out", str(tmp_path / "out")]
+    assert message in refused(argv, capsys)
+    dpg = ["dpg", "generate", "--preset", preset, "--dpg-dir", str(DPG_DIR), "--out", str(tmp_path / "dpg")]
+    assert message.replace(flags[0], "--resolution") in refused([*dpg, "--resolution", flags[1]], capsys)
+
+
+@pytest.mark.parametrize("command", ["generate", "dpg"])
+def test_no_size_passes_the_early_checks_on_every_preset(command, tmp_path, capsys, monkeypatch):
+    """Without --height/--width (--resolution) the size is the loaded model's, so pocket is not held to 512."""
+    loaded = []
+
+    def stop_at_loading(args):
+        loaded.append(args.preset)
+        raise ExplorerError("stopped where the models would load")
+
+    monkeypatch.setattr(arguments, "load_from_args", stop_at_loading)
+    for preset in ("pocket", "sd15", "tiny"):
+        out = ["--out", str(tmp_path / preset)]
+        if command == "generate":
+            argv = ["generate", "--preset", preset, "--prompt", "a cat", *out]
+        else:
+            argv = ["dpg", "generate", "--preset", preset, "--device", "cpu", "--dpg-dir", str(DPG_DIR), *out]
+        assert "error: stopped where the models would load" in refused(argv, capsys)
+    assert loaded == ["pocket", "sd15", "tiny"]
+
+
+def test_generate_without_a_size_makes_the_models_native_size(tmp_path):
+    assert main([*GENERATE, "--steps", "2", "--scheduler", "ddim", "--out", str(tmp_path), "--trace"]) == 0
+    assert Image.open(tmp_path / "clip.png").size == Image.open(tmp_path / "ella.png").size == (64, 64)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert (meta["settings"]["height"], meta["settings"]["width"]) == (64, 64)
+    assert "Size: 64x64" in Image.open(tmp_path / "ella.png").text["parameters"]
+    assert np.load(tmp_path / "trace.npz")["ella_previews"].shape[2:4] == (8, 8)
+
+
+def test_size_flags_say_their_default_is_the_native_size(capsys):
+    for argv in (["generate", "--help"], ["dpg", "generate", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        help_text = " ".join(capsys.readouterr().out.split())
+        assert "default: the model's native size, 512 for SD1.5, 64 for pocket" in help_text
+
+
 def test_model_choices_on_a_weightless_preset_name_the_flag(capsys, tmp_path):
     err = refused([*GENERATE, *SMALL, "--t5", "google/flan-t5-xl", "--out", str(tmp_path)], capsys)
     assert "error: --t5 is for preset sd15" in err

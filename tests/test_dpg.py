@@ -25,8 +25,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).parent / "data" / "dpg"
 
 
-def grid_settings(resolution: int, steps: int) -> GenerationSettings:
-    """What `dpg generate --resolution R --steps S` asks of every grid."""
+def grid_settings(resolution: int | None, steps: int) -> GenerationSettings:
+    """What `dpg generate --resolution R --steps S` asks of every grid (None: no --resolution)."""
     return GenerationSettings(prompt="", height=resolution, width=resolution, num_inference_steps=steps, num_images=4)
 
 
@@ -384,6 +384,29 @@ def test_generation_writes_valid_grids_and_resumes_without_redoing_work(tiny, tm
     assert second == {"generated": 3, "skipped": 1}  # item_b (ella only), item_c, item_d
     assert (tmp_path / "clip" / "item_a.png").stat().st_mtime_ns == before
     assert all(grid_is_valid(tmp_path / "ella" / f"{item}.png", 32) for item in prompts)
+
+
+def test_grids_without_a_resolution_are_tiles_of_the_models_native_size(tiny, tmp_path):
+    prompts = dpg.load_prompts(FIXTURE)
+    counts = generate_grids(tiny, {"item_a": prompts["item_a"]}, tmp_path, grid_settings(None, steps=1))
+    assert counts == {"generated": 1, "skipped": 0}
+    for model in ("clip", "ella"):
+        assert Image.open(tmp_path / model / "item_a.png").size == (2 * tiny.native_size,) * 2 == (128, 128)
+        assert json.loads((tmp_path / model / "meta.json").read_text())["resolution"] == 64
+    # A rerun without a resolution recognises the native-size grids as done.
+    assert generate_grids(tiny, prompts, tmp_path, grid_settings(None, steps=1), ("clip",))["skipped"] == 1
+    with pytest.raises(ValueError, match="2x2 of square images: got 4 of 32x64"):
+        generate_grids(tiny, prompts, tmp_path, GenerationSettings(prompt="", width=32, num_images=4))
+
+
+def test_cli_generate_without_resolution_makes_native_size_tiles(tmp_path, capsys):
+    from ella_demo.cli import main
+
+    argv = ["dpg", "generate", "--preset", "tiny", "--device", "cpu", "--dpg-dir", str(FIXTURE), "--out", str(tmp_path),
+            "--items", "item_b", "--steps", "1", "--models", "ella"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    assert Image.open(tmp_path / "ella" / "item_b.png").size == (128, 128)
+    assert json.loads((tmp_path / "ella" / "meta.json").read_text())["resolution"] == 64
 
 
 def test_scoring_with_a_model_answers_every_tile(tiny, tmp_path):

@@ -417,12 +417,75 @@ def test_bad_arguments_are_rejected_before_any_model_work(tiny, argument, value,
     assert tiny.t5_encoder.cache.misses + tiny.clip_encoder.cache.misses == misses
 
 
-def test_real_presets_require_sizes_from_256(tiny):
+@pytest.mark.parametrize(
+    ("preset", "size", "message"),
+    [
+        ("sd15", 128, "height must be a whole number from 256 to 1024, got 128"),
+        ("random-sd15", 64, "height must be a whole number from 256 to 1024, got 64"),
+        ("sd15", 1032, "height must be a whole number from 256 to 1024, got 1032"),
+        ("pocket", 16, "height must be a whole number from 32 to 256, got 16"),
+        ("pocket", 512, "height must be a whole number from 32 to 256, got 512"),
+        ("pocket", 60, "height must be a multiple of 8 from 32 to 256, got 60"),
+        ("tiny", 0, "height must be a whole number from 8 to 1024, got 0"),
+        ("tiny", 2048, "height must be a whole number from 8 to 1024, got 2048"),
+    ],
+)
+def test_each_preset_refuses_sizes_outside_its_range(preset, size, message):
     from ella_demo.core.settings import GenerationSettings, validate
 
-    with pytest.raises(SettingsError, match="height must be a whole number from 256 to 1024, got 64"):
-        validate(GenerationSettings(prompt="x", height=64), "random-sd15")
-    validate(GenerationSettings(prompt="x", height=256, width=1024), "sd15")
+    with pytest.raises(SettingsError, match=message):
+        validate(GenerationSettings(prompt="x", height=size), preset)
+    with pytest.raises(SettingsError, match=message.replace("height", "width")):
+        validate(GenerationSettings(prompt="x", width=size), preset)
+
+
+@pytest.mark.parametrize(
+    ("preset", "sizes"),
+    [("sd15", (256, 512, 1024)), ("random-sd15", (256, 768)), ("pocket", (32, 64, 128, 256)), ("tiny", (8, 64, 1024))],
+)
+def test_each_preset_accepts_its_sizes_and_none_for_the_native_size(preset, sizes):
+    from ella_demo.core.settings import GenerationSettings, validate
+
+    validate(GenerationSettings(prompt="x"), preset)  # both sizes None: resolved later
+    for size in sizes:
+        validate(GenerationSettings(prompt="x", height=size, width=size), preset)
+        validate(GenerationSettings(prompt="x", height=size), preset)
+
+
+def test_size_ranges_per_preset():
+    from ella_demo.core.settings import size_range
+
+    assert size_range("tiny") == (8, 1024)
+    assert size_range("pocket") == (32, 256)
+    assert size_range("sd15") == size_range("random-sd15") == (256, 1024)
+
+
+def test_no_size_given_is_the_models_native_size(tiny):
+    assert tiny.native_size == tiny.pipe.unet.config.sample_size * tiny.pipe.vae_scale_factor == 64
+    result = generate(tiny, PROMPT, num_inference_steps=2, trace=True)
+    assert (result.settings.height, result.settings.width) == (64, 64)
+    assert [image.size for image in result.clip_images + result.ella_images] == [(64, 64), (64, 64)]
+    assert result.clip_pixels.shape[1:3] == (64, 64)
+    assert result.latents["ella"].shape[-2:] == (8, 8)
+    assert result.trace.settings["height"] == result.trace.settings["width"] == 64
+    assert result.trace.sides["ella"].previews.shape[2:4] == (8, 8) and "8x8" in result.trace.sides["clip"].pooled
+
+
+def test_given_sizes_are_honoured_and_one_missing_side_is_native(tiny):
+    both = generate(tiny, PROMPT, num_inference_steps=2, height=32, width=48)
+    assert both.ella_images[0].size == (48, 32) and (both.settings.height, both.settings.width) == (32, 48)
+    height_only = generate(tiny, PROMPT, num_inference_steps=2, height=32)
+    assert height_only.ella_images[0].size == (64, 32) and height_only.settings.width == 64
+    width_only = generate(tiny, PROMPT, num_inference_steps=2, width=16)
+    assert width_only.clip_images[0].size == (16, 64) and width_only.settings.height == 64
+
+
+def test_run_resolves_the_native_size_too(tiny):
+    from ella_demo.core.engine import run
+    from ella_demo.core.settings import GenerationSettings
+
+    result = run(tiny, GenerationSettings(prompt=PROMPT, num_inference_steps=2, sides="ella"))
+    assert result.ella_images[0].size == (64, 64) and result.settings.height == result.settings.width == 64
 
 
 def test_empty_prompt_is_allowed_on_both_sides(tiny):

@@ -26,8 +26,8 @@ from ella_demo.core.settings import (
     MODES,
     SCHEDULER_NAMES,
     SEED_RANGE,
-    SIZE_RANGE,
     STEPS_RANGE,
+    size_range,
 )
 from ella_demo.inspect.connector_attention import NORMALISATIONS
 from ella_demo.inspect.views import WINDOW_CHOICES
@@ -89,8 +89,9 @@ def _prompt_and_seed() -> dict[str, gr.components.Component]:
 
 
 def _image_settings(models: LoadedModels) -> dict[str, gr.components.Component]:
-    low, high = (64, 1024) if models.preset == "tiny" else SIZE_RANGE
-    size = 256 if models.preset == "tiny" else 512
+    """The size, scheduler, batch, mode and seeding controls; the sizes start at the model's native size."""
+    low, high = size_range(models.preset)
+    size = models.native_size
     with gr.Row():
         return {
             "width": gr.Slider(low, high, value=size, step=8, label="Width"),

@@ -71,8 +71,8 @@ class ExplorerUI:
         seed: float = 0,
         steps: float = DEFAULT_STEPS,
         guidance_scale: float = DEFAULT_GUIDANCE,
-        width: float = 512,
-        height: float = 512,
+        width: float | None = None,
+        height: float | None = None,
         scheduler: str = "dpm++",
         num_images: float = 1,
         mode: str = "ella",
@@ -83,17 +83,19 @@ class ExplorerUI:
     ) -> dict:
         """Generate with both models; the images, the run notes and the first views, by output name.
 
-        Inputs arrive as the client sent them; every one is checked here (see `checks`). A stopped
-        run updates the notes alone.
+        Inputs arrive as the client sent them; every one is checked here (see `checks`). A width or
+        height of None is the model's native size, the size sliders' starting value. A stopped run
+        updates the notes alone.
         """
+        native = self.models.native_size
         arguments = {
             "prompt": checks.text("prompt", prompt),
             "negative_prompt": checks.text("negative_prompt", negative_prompt),
             "seed": checks.whole_number("seed", seed),
             "num_inference_steps": checks.whole_number("num_inference_steps", steps),
             "guidance_scale": checks.number("guidance_scale", guidance_scale),
-            "width": checks.whole_number("width", width),
-            "height": checks.whole_number("height", height),
+            "width": checks.whole_number("width", native if width is None else width),
+            "height": checks.whole_number("height", native if height is None else height),
             "scheduler": scheduler,
             "num_images": checks.whole_number("num_images", num_images),
             "mode": mode,

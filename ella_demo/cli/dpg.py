@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from ella_demo.cli import arguments
 from ella_demo.cli.output_paths import check_out_file, check_out_folder
+from ella_demo.cli.prompt import SIZE_HELP
 from ella_demo.core.errors import InputError
 from ella_demo.core.settings import DEFAULT_GUIDANCE, DEFAULT_STEPS, SCHEDULER_NAMES, GenerationSettings, validate
 
@@ -37,7 +38,7 @@ def _add_generate_parser(dpg_commands: argparse._SubParsersAction) -> None:
     dpg_gen.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     dpg_gen.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     dpg_gen.add_argument("--scheduler", choices=SCHEDULER_NAMES, default="dpm++")
-    dpg_gen.add_argument("--resolution", type=int, default=512, help="tile size in pixels")
+    dpg_gen.add_argument("--resolution", type=int, help=f"tile size in {SIZE_HELP}")
 
 
 def _add_score_parser(dpg_commands: argparse._SubParsersAction) -> None:

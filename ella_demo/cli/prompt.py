@@ -14,7 +14,6 @@ from ella_demo.cli.output_paths import check_out_folder
 from ella_demo.core.errors import InputError
 from ella_demo.core.settings import (
     DEFAULT_GUIDANCE,
-    DEFAULT_SIZE,
     DEFAULT_STEPS,
     MODES,
     SCHEDULER_NAMES,
@@ -24,6 +23,9 @@ from ella_demo.core.settings import (
     validate,
 )
 from ella_demo.core.text_encoding import FLEXIBLE
+
+# The size flags' help: left out, a generation makes the loaded model's native size (LoadedModels.native_size).
+SIZE_HELP = "pixels, a multiple of 8 (default: the model's native size, 512 for SD1.5, 64 for pocket)"
 
 
 def add_generate_parser(commands: argparse._SubParsersAction) -> None:
@@ -35,8 +37,8 @@ def add_generate_parser(commands: argparse._SubParsersAction) -> None:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     gen.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
-    gen.add_argument("--height", type=int, default=DEFAULT_SIZE)
-    gen.add_argument("--width", type=int, default=DEFAULT_SIZE)
+    for flag in ("--height", "--width"):
+        gen.add_argument(flag, type=int, help=SIZE_HELP)
     gen.add_argument("--scheduler", choices=SCHEDULER_NAMES, default="dpm++")
     gen.add_argument("--num-images", type=int, default=1)
     gen.add_argument("--mode", choices=MODES, default="ella")

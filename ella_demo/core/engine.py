@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -51,8 +51,8 @@ def generate(
     seed: int = 0,
     num_inference_steps: int = 25,
     guidance_scale: float = 10.0,
-    height: int = 512,
-    width: int = 512,
+    height: int | None = None,
+    width: int | None = None,
     scheduler: str = "dpm++",
     num_images: int = 1,
     mode: str = "ella",
@@ -67,10 +67,12 @@ def generate(
 ) -> GenerationResult:
     """Generate with CLIP and with ELLA side by side (or one side: sides="clip" / "ella").
 
-    Arguments use diffusers' names; see `settings.GenerationSettings` for ranges. `seeding` picks
-    how `seed` becomes noise (settings.SEEDINGS); a `generator` (one torch.Generator, or a list
-    with one per image, as in diffusers) replaces the seed altogether, and `latents`
-    (N, 4, height/8, width/8) replace the initial noise. output_type="latent" skips VAE decoding.
+    Arguments use diffusers' names; see `settings.GenerationSettings` for ranges. A height or width
+    of None is the model's native size (`models.native_size`, as in diffusers' pipelines); the
+    result's settings hold the size made. `seeding` picks how `seed` becomes noise
+    (settings.SEEDINGS); a `generator` (one torch.Generator, or a list with one per image, as in
+    diffusers) replaces the seed altogether, and `latents` (N, 4, height/8, width/8 for SD1.5's
+    VAE) replace the initial noise. output_type="latent" skips VAE decoding.
     `trace=True` records the run (core/tracing.py) into `result.trace`. `progress(done, total)` is
     called after every step; it may raise (e.g. `errors.GenerationCancelledError`) to stop the run.
     Raises `settings.SettingsError` for a bad argument before any model work starts.
@@ -79,8 +81,19 @@ def generate(
         prompt, negative_prompt, seed, num_inference_steps, guidance_scale, height, width, scheduler,
         num_images, mode, t5_length, sides, trace, seeding,
     )  # fmt: skip
+    settings = with_native_size(models, settings)
     validate(settings, models.preset)
     return _generate(models, settings, generator, latents, output_type, progress)
+
+
+def with_native_size(models: LoadedModels, settings: GenerationSettings) -> GenerationSettings:
+    """`settings` with a height or width of None replaced by the model's native size."""
+    native = models.native_size
+    return replace(
+        settings,
+        height=native if settings.height is None else settings.height,
+        width=native if settings.width is None else settings.width,
+    )
 
 
 def _generate(
@@ -151,7 +164,9 @@ def run(
     `cross_attention_kwargs` go to every UNet attention processor; `callback_on_step_end` gets a
     `StepEnd` holding the `callback_on_step_end_tensor_inputs` (names from STEP_TENSORS). This
     loop records nothing by itself: `generate(trace=True)` plugs a tracer into these two points.
+    A size of None is the model's native size, as in `generate`.
     """
+    settings = with_native_size(models, settings)
     # 0. Check the inputs that settings do not cover, before any model work.
     _check_run_inputs(models, settings, generator, latents, output_type, callback_on_step_end_tensor_inputs)
     started = time.perf_counter()
@@ -254,7 +269,7 @@ def _initial_latents(
 
 
 def _latent_shape(models: LoadedModels, settings: GenerationSettings) -> tuple[int, int, int, int]:
-    """(N, 4, height / 8, width / 8) for SD1.5."""
+    """(N, 4, height / 8, width / 8) for SD1.5; the divisor is the VAE's scale factor."""
     scale, channels = models.pipe.vae_scale_factor, models.pipe.unet.config.in_channels
     return (settings.num_images, channels, settings.height // scale, settings.width // scale)
 

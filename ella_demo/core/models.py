@@ -68,5 +68,11 @@ class LoadedModels:
     def dtype(self) -> torch.dtype:
         return self.placement.dtype
 
+    @property
+    def native_size(self) -> int:
+        """The image side the UNet was built for, in pixels, as diffusers' pipelines default to it:
+        the UNet's sample size times the VAE's scale factor (512 for SD1.5, 64 for tiny and pocket)."""
+        return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+
     def provenance(self) -> ModelProvenance:
         return ModelProvenance(self.preset, self.random_weights, dict(self.sources), self.placement.describe())

@@ -23,12 +23,13 @@ STEPS_RANGE = (1, 150)
 GUIDANCE_RANGE = (0.0, 30.0)
 IMAGES_RANGE = (1, 4)
 SEED_RANGE = (0, 2**32 - 1)
-SIZE_RANGE = (256, 1024)
-TINY_SIZE_RANGE = (8, 1024)
-# The official demo's defaults (DPM-Solver++, 25 steps, guidance 10, 512x512).
+# Image sides each preset may ask for, in pixels (multiples of 8); presets not named take the SD1.5 range.
+SIZE_RANGES = {"tiny": (8, 1024), "pocket": (32, 256)}
+SD15_SIZE_RANGE = (256, 1024)
+# The official demo's defaults (DPM-Solver++, 25 steps, guidance 10); the size defaults to the
+# model's native size (512x512 for SD1.5, see `LoadedModels.native_size`).
 DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE = 10.0
-DEFAULT_SIZE = 512
 
 
 class SettingsError(InputError):
@@ -37,15 +38,19 @@ class SettingsError(InputError):
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """Everything that decides a generation's output, in diffusers' argument names."""
+    """Everything that decides a generation's output, in diffusers' argument names.
+
+    A size of None stands for the loaded model's native size; `engine.generate` resolves it before
+    anything reads it, so every result, trace and file records the size actually made.
+    """
 
     prompt: str
     negative_prompt: str = ""
     seed: int = 0
     num_inference_steps: int = DEFAULT_STEPS
     guidance_scale: float = DEFAULT_GUIDANCE
-    height: int = DEFAULT_SIZE
-    width: int = DEFAULT_SIZE
+    height: int | None = None
+    width: int | None = None
     scheduler: str = "dpm++"
     num_images: int = 1
     mode: str = "ella"
@@ -99,8 +104,17 @@ def check_choice(name: str, value, allowed) -> None:
         raise SettingsError(name, f"must be one of {', '.join(map(str, allowed))}, got {value!r}.")
 
 
+def size_range(preset: str) -> tuple[int, int]:
+    """The (smallest, largest) image side in pixels that `preset` may generate; sides are multiples of 8."""
+    return SIZE_RANGES.get(preset, SD15_SIZE_RANGE)
+
+
 def validate(settings: GenerationSettings, preset: str) -> None:
-    """Raise SettingsError on the first unusable argument, naming it, its value and what is allowed."""
+    """Raise SettingsError on the first unusable argument, naming it, its value and what is allowed.
+
+    A size of None (the model's native size, resolved later) passes; a given size must be in
+    `size_range(preset)`.
+    """
     _check_text("prompt", settings.prompt)
     _check_text("negative_prompt", settings.negative_prompt)
     _check_int("seed", settings.seed, *SEED_RANGE)
@@ -114,9 +128,11 @@ def validate(settings: GenerationSettings, preset: str) -> None:
         or not (GUIDANCE_RANGE[0] <= guidance <= GUIDANCE_RANGE[1])
     ):
         raise SettingsError("guidance_scale", f"must be a number from 0 to 30, got {guidance!r}.")
-    low, high = TINY_SIZE_RANGE if preset == "tiny" else SIZE_RANGE
+    low, high = size_range(preset)
     for name in ("height", "width"):
         value = getattr(settings, name)
+        if value is None:
+            continue
         _check_int(name, value, low, high)
         if value % 8:
             raise SettingsError(name, f"must be a multiple of 8 from {low} to {high}, got {value}.")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ella_demo.core.engine import generate
+from ella_demo.core.engine import generate, with_native_size
 from ella_demo.core.models import LoadedModels
 from ella_demo.core.settings import GenerationSettings
 from ella_demo.inspect.outputs import package_versions
@@ -71,12 +71,13 @@ def generate_grids(
     """Write OUT/<model>/<item_id>.png for this process's share of the prompts.
 
     `settings`: every grid's generation settings (square, 4 images; each item sets its prompt and
-    the sides still missing). `shard_of`: (rank, world), this process's place among all of them.
-    Returns counts of grids generated and skipped (already valid).
+    the sides still missing; a size of None is the model's native size). `shard_of`: (rank, world),
+    this process's place among all of them. Returns counts of grids generated and skipped (already valid).
     """
     unknown = [name for name in model_names if name not in MODEL_NAMES]
     if unknown or not model_names:
         raise ValueError(f"--models must list clip and/or ella, got {','.join(model_names) or 'nothing'}")
+    settings = with_native_size(models, settings)
     if settings.num_images != 4 or settings.height != settings.width:
         raise ValueError(
             f"DPG grids are 2x2 of square images: got {settings.num_images} of {settings.width}x{settings.height}"
