@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ella_demo"
-SUBPACKAGES = ("core", "loading", "inspect", "app", "dpg", "cli", "bench", "train")
+SUBPACKAGES = ("core", "loading", "inspect", "app", "dpg", "cli", "bench", "train", "pocket")
+# The pocket world itself: scenes, pictures, words, questions and the detector. No models; of ours, only the
+# DPG-Bench file format (dpg/data.py), which its question graphs are written in.
+POCKET_TRAINING_LAYERS = ("pocket", "train", "core", "loading", "inspect", "dpg")
+POCKET_WORLD = ("vocabulary", "scenes", "render", "queries", "captions", "questions", "detector")
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 # Calls that read weights from the hub or the disk; they belong in loading/.
@@ -66,6 +70,17 @@ def test_inspect_takes_results_and_arrays_never_a_model(path):
 def test_training_builds_on_the_library_not_on_its_front_ends(path):
     for module in imported_modules(path):
         assert layer_of(module) in ("train", "core", "loading", "inspect", None), f"{path.name} imports {module}"
+
+
+@pytest.mark.parametrize("path", modules("pocket"), ids=lambda path: path.name)
+def test_the_pocket_world_stands_alone_and_its_training_builds_on_the_library(path):
+    for module in imported_modules(path):
+        parts = module.split(".")
+        if path.stem in POCKET_WORLD:
+            in_world = parts[:2] == ["ella_demo", "pocket"] and (len(parts) == 2 or parts[2] in POCKET_WORLD)
+            assert in_world or parts[:3] == ["ella_demo", "dpg", "data"], f"{path.name} imports {module}"
+        else:
+            assert layer_of(module) in POCKET_TRAINING_LAYERS, f"{path.name} imports {module}"
 
 
 @pytest.mark.parametrize("path", modules(), ids=lambda path: str(path.relative_to(PACKAGE)))

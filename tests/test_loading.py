@@ -154,8 +154,10 @@ def test_random_sd15_preset_builds_and_runs_one_tsc_step():
 
 
 def test_unknown_preset_and_overrides_on_weightless_presets_are_rejected():
-    with pytest.raises(InputError, match="preset must be one of sd15, tiny, random-sd15, got 'sd21'"):
+    with pytest.raises(InputError, match="preset must be one of sd15, pocket, tiny, random-sd15, got 'sd21'"):
         load_models("sd21")
+    with pytest.raises(InputError, match="t5 does not fit preset pocket"):
+        load_models("pocket", t5="google/flan-t5-xl")
     with pytest.raises(InputError, match="t5 is for preset sd15 only: preset tiny builds its own weights"):
         load_models("tiny", t5="google/flan-t5-xl")
 

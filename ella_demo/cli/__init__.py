@@ -1,4 +1,4 @@
-"""Command line: `python -m ella_demo {generate,probe,dpg,bench,train} ...`.
+"""Command line: `python -m ella_demo {generate,probe,dpg,bench,train,pocket} ...`.
 
 arguments.py holds what every command (and app.py) shares; each command lives in its own module.
 """
@@ -11,6 +11,7 @@ import sys
 from ella_demo.cli.arguments import DPG_FLAGS, FLAGS, USER_ERRORS, describe_error
 from ella_demo.cli.bench import add_bench_parser, run_bench
 from ella_demo.cli.dpg import add_dpg_parser, run_dpg
+from ella_demo.cli.pocket import POCKET_FLAGS, add_pocket_parser, run_pocket
 from ella_demo.cli.prompt import add_generate_parser, add_probe_parser, run_generate, run_probe
 from ella_demo.cli.train import TRAIN_FLAGS, add_train_parser, run_train
 
@@ -24,18 +25,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_dpg_parser(commands)
     add_bench_parser(commands)
     add_train_parser(commands)
+    add_pocket_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; a user error is printed as `error: ...` with exit status 2."""
     args = build_parser().parse_args(argv)
-    handler = {"generate": run_generate, "probe": run_probe, "dpg": run_dpg, "bench": run_bench, "train": run_train}[
-        args.command
-    ]
+    handlers = {"generate": run_generate, "probe": run_probe, "dpg": run_dpg, "bench": run_bench, "train": run_train,
+                "pocket": run_pocket}  # fmt: skip
+    handler = handlers[args.command]
     try:
         return handler(args)
     except USER_ERRORS as error:
-        flags = {"dpg": DPG_FLAGS, "train": TRAIN_FLAGS}.get(args.command, FLAGS)
+        flags = {"dpg": DPG_FLAGS, "train": TRAIN_FLAGS, "pocket": {**FLAGS, **POCKET_FLAGS}}.get(args.command, FLAGS)
         print(f"error: {describe_error(error, flags)}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ from ella_demo.core.errors import InputError
 from ella_demo.core.models import LoadedModels
 from ella_demo.loading.checkpoint import load_ella_checkpoint, resolve_ella_file
 from ella_demo.loading.hub import OFFLINE_ADVICE, MissingFilesError, ModelSourceError, parse_source
+from ella_demo.loading.pocket import pocket_sources
 from ella_demo.loading.presets import Components, build_weightless_components
 from ella_demo.loading.sd15 import load_diffusers_sd, load_single_file_sd, resolve_sd_folder
 from ella_demo.loading.shipped import read_weightless_configs
@@ -49,18 +50,18 @@ def load_models(
     """Load a preset, with any of its parts replaced by a hub id ("org/name[/path/in/repo]") or a local path.
 
     Args:
-        preset: "sd15" (real weights), "tiny" or "random-sd15" (weightless, see presets.py).
-        sd15, t5: sd15 preset only. sd15: a diffusers folder or one `.safetensors` file of an
-            SD1.5-derived checkpoint; t5: a folder with a T5 encoder and its tokenizer.
+        preset: "sd15" (real weights), "pocket" (the trained toy world, loading/pocket.py), "tiny" or
+            "random-sd15" (weightless, see presets.py).
+        sd15: sd15 preset: a diffusers folder or `.safetensors` file of an SD1.5-derived model; pocket: a world.
+        t5: sd15 preset only: a folder with a T5 encoder and its tokenizer.
         ella: any preset. A `.safetensors` file or a folder holding `ella-sd1.5-tsc-t5xl.safetensors`
             (replacing a weightless preset's random connector), or "scratch": a new, untrained
             connector that fits the UNet and the text encoder (see `new_connector`; nothing is
             downloaded), its other sizes the preset's (EllaConfig's defaults for sd15).
         text_encoder: any preset, not with t5: any transformers text encoder with its tokenizer,
             instead of T5. The connector must have been trained with it (or be "scratch").
-        sd15_config: diffusers config folder used to read a single-file checkpoint (default: the
-            SD1.5 configs shipped in ella_demo/loading/configs/sd15). Its tokenizer comes from the
-            folder's `tokenizer/` if present, else from the SD1.5 hub repo.
+        sd15_config: diffusers config folder to read a single-file checkpoint with (default: loading/configs/sd15);
+            its `tokenizer/` if it has one, else the SD1.5 hub repo's.
         device, dtype, t5_dtype: see `devices.choose_placement`; t5_dtype is text_encoder's too.
         allow_pickle: allow `.bin`/`.ckpt` weights for SD1.5 and the text encoder (pickle can run
             code; off by default). The connector always loads from safetensors.
@@ -68,7 +69,6 @@ def load_models(
         seed: weight seed of the weightless presets and of a "scratch" connector.
 
     `random_weights` is True for the weightless presets and a scratch connector: their images are noise.
-
     Raises:
         InputError: an unknown preset, sd15 or t5 with a weightless preset, t5 with text_encoder.
         ModelSourceError: a part is missing or unreadable, or the parts do not fit together.
@@ -76,7 +76,8 @@ def load_models(
     _check_arguments(preset, sd15, t5, text_encoder)
     placement = choose_placement(device, dtype, t5_dtype)
     weightless = preset in WEIGHTLESS_PRESETS
-    sources = _part_sources(weightless, sd15=sd15, ella=ella, t5=t5, text_encoder=text_encoder)
+    given = pocket_sources(sd15, ella, text_encoder) if preset == "pocket" else {"sd15": sd15, "ella": ella, "t5": t5}
+    sources = _part_sources(weightless, **({"text_encoder": text_encoder} | given))
     paths = _resolve_parts(sources, placement, allow_pickle, cache_dir)
     if weightless:
         configs = read_weightless_configs(preset)
@@ -89,8 +90,8 @@ def load_models(
     provenance |= _load_connector(parts, sources, paths, connector_config, placement, seed)
     components = Components(**parts)
     _check_compatible(components)
-    scratch = sources.get("ella") == ELLA_SCRATCH
-    return assemble_models(components, placement, preset, provenance, random_weights=weightless or scratch)
+    random_weights = weightless or sources.get("ella") == ELLA_SCRATCH
+    return assemble_models(components, placement, preset, provenance, random_weights)
 
 
 def new_connector(base: dict, unet: torch.nn.Module, text_model: torch.nn.Module, seed: int) -> ELLA:
@@ -116,6 +117,8 @@ def _check_arguments(preset: str, sd15: str | None, t5: str | None, text_encoder
         raise InputError(
             "text_encoder", "cannot be used together with t5 (--t5 on the command line): it replaces T5. Give one."
         )
+    if preset == "pocket" and t5:
+        raise InputError("t5", "does not fit preset pocket: its connector reads the pocket language model. Drop it.")
     if preset in WEIGHTLESS_PRESETS:
         overrides = [name for name, value in (("sd15", sd15), ("t5", t5)) if value]
         if overrides:

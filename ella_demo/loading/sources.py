@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-PRESETS = ("sd15", "tiny", "random-sd15")
+PRESETS = ("sd15", "pocket", "tiny", "random-sd15")
 WEIGHTLESS_PRESETS = ("tiny", "random-sd15")
 
 SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"

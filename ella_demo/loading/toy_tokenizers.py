@@ -10,6 +10,7 @@ exercised the same way.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import cache
 from importlib import resources
 
@@ -33,8 +34,8 @@ def vocabulary_words() -> tuple[str, ...]:
     return tuple(words)
 
 
-def build_clip_tokenizer() -> CLIPTokenizer:
-    """A byte-level BPE tokenizer with every byte as a token and the word list merged in."""
+def build_clip_tokenizer(words: Iterable[str] | None = None) -> CLIPTokenizer:
+    """A byte-level BPE tokenizer with every byte as a token and `words` (default: the word list) merged in."""
     bos, eos = "<|startoftext|>", "<|endoftext|>"
     vocab: dict[str, int] = {bos: 0, eos: 1}
     # `alphabet()` returns a Rust hash set whose order changes from process to process; sorted, the
@@ -44,7 +45,7 @@ def build_clip_tokenizer() -> CLIPTokenizer:
             vocab.setdefault(token, len(vocab))
     merges: list[tuple[str, str]] = []
     seen: set[tuple[str, str]] = set()
-    for word in vocabulary_words():
+    for word in vocabulary_words() if words is None else words:
         # Merge each word left to right: w,o -> wo; wo,r -> wor; wor,d</w> -> word</w>.
         prefix = word[0]
         for position, char in enumerate(word[1:], start=2):

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,14 +54,27 @@ def save_checkpoint(
     keep: int,
 ) -> Path:
     """Write the checkpoint of `state.step` and delete all but the newest `keep`. Returns its folder."""
+
+    def write(folder: Path) -> None:
+        save_ella_checkpoint(connector, folder / "connector.safetensors", dtype=torch.float32)
+        save_optimizer_state(optimizer, folder / "optimizer.safetensors")
+        if ema is not None:
+            _save_ema(ema, connector, folder / "ema.safetensors")
+
+    return write_checkpoint(out, state, write, keep)
+
+
+def write_checkpoint(out: Path, state: TrainingState, write: Callable[[Path], None], keep: int) -> Path:
+    """The folder of `state.step`: `write(folder)` fills it, then `state.json` is added and it is renamed into place.
+
+    Written under a `.partial` name first, so an interrupted save leaves the previous checkpoints intact;
+    all but the newest `keep` are deleted afterwards.
+    """
     folder = out / CHECKPOINTS / f"step-{state.step:07d}"
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    save_ella_checkpoint(connector, partial / "connector.safetensors", dtype=torch.float32)
-    _save_optimizer(optimizer, partial / "optimizer.safetensors")
-    if ema is not None:
-        _save_ema(ema, connector, partial / "ema.safetensors")
+    write(partial)
     state_json = {"step": state.step, "recipe": state.recipe, "scaler": state.scaler}
     (partial / "state.json").write_text(json.dumps(state_json, indent=2))
     shutil.rmtree(folder, ignore_errors=True)
@@ -97,23 +111,29 @@ def load_checkpoint(
     folder: Path, recipe: dict, connector: ELLA, optimizer: torch.optim.Optimizer, ema: EMAModel | None
 ) -> TrainingState:
     """Restore the connector, optimizer and EMA in place from `folder`; check it was made with `recipe`."""
+    state = read_state(folder, recipe)
+    tensors, _ = read_safetensors(folder / "connector.safetensors")
+    connector.load_state_dict(tensors, strict=True)
+    load_optimizer_state(optimizer, folder / "optimizer.safetensors")
+    if ema is not None:
+        if not (folder / "ema.safetensors").is_file():
+            raise ResumeError(f"{folder} has no EMA weights: it was saved by a run without --ema-decay.")
+        _load_ema(ema, connector, folder / "ema.safetensors")
+    return state
+
+
+def read_state(folder: Path, recipe: dict) -> TrainingState:
+    """The checkpoint's `state.json`; ResumeError naming every setting of `recipe` it was not made with."""
     state_json = json.loads((folder / "state.json").read_text())
     differing = sorted(key for key in recipe if state_json["recipe"].get(key) != recipe[key])
     if differing:
         details = ", ".join(f"{key}: {state_json['recipe'].get(key)!r} then, {recipe[key]!r} now" for key in differing)
         raise ResumeError(f"{folder} was trained with other settings ({details}). Resume with the same settings, "
                           "or start a new run in another --out folder.")  # fmt: skip
-    tensors, _ = read_safetensors(folder / "connector.safetensors")
-    connector.load_state_dict(tensors, strict=True)
-    _load_optimizer(optimizer, folder / "optimizer.safetensors")
-    if ema is not None:
-        if not (folder / "ema.safetensors").is_file():
-            raise ResumeError(f"{folder} has no EMA weights: it was saved by a run without --ema-decay.")
-        _load_ema(ema, connector, folder / "ema.safetensors")
     return TrainingState(step=state_json["step"], recipe=state_json["recipe"], scaler=state_json.get("scaler"))
 
 
-def _save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+def save_optimizer_state(optimizer: torch.optim.Optimizer, path: Path) -> None:
     """Per-parameter state as `state.{index}.{name}` tensors; the param groups as JSON metadata."""
     state_dict = optimizer.state_dict()
     tensors = {
@@ -125,7 +145,7 @@ def _save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
     safetensors.torch.save_file(tensors, str(path), metadata=metadata)
 
 
-def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+def load_optimizer_state(optimizer: torch.optim.Optimizer, path: Path) -> None:
     tensors, metadata = read_safetensors(path)
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():

@@ -1,0 +1,62 @@
+"""The `pocket` command: train the pocket world's models, stage by stage (`pocket train STAGE`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ella_demo.pocket.connector_stage import ConnectorData, train_connector_stage
+from ella_demo.pocket.training import STAGES, PocketRun, stage_settings, train_model_stage
+
+POCKET_FLAGS = {
+    "stage": "STAGE",
+    "max_steps": "--max-steps",
+    "batch_size": "--batch-size",
+    "learning_rate": "--learning-rate",
+    "checkpoint_every": "--checkpoint-every",
+    "keep_checkpoints": "--keep-checkpoints",
+    "out": "--runs",
+}
+DEFAULT_RUNS = Path("runs/pocket")
+
+
+def add_pocket_parser(commands: argparse._SubParsersAction) -> None:
+    """`pocket train STAGE`: its flags (defaults: the shipped world's settings, README 'Pocket world')."""
+    parser = commands.add_parser("pocket", help="the pocket world: train its models")
+    actions = parser.add_subparsers(dest="pocket_command", required=True)
+    train = actions.add_parser(
+        "train",
+        help="train one stage (vae, clip, unet, connector, in that order), resumable",
+        description="Train one stage of the pocket world and export its model into the world folder. Stages read "
+        "what earlier ones exported: run vae, clip, unet, connector in that order.",
+    )
+    train.add_argument("stage", choices=STAGES)
+    train.add_argument("--world", type=Path, default=DEFAULT_RUNS / "world",
+                       help=f"the world folder each stage exports into (default {DEFAULT_RUNS / 'world'})")  # fmt: skip
+    train.add_argument("--runs", type=Path, default=DEFAULT_RUNS,
+                       help=f"checkpoints, logs and curves go to RUNS/STAGE (default {DEFAULT_RUNS})")  # fmt: skip
+    train.add_argument("--max-steps", type=int, help="default: the stage's (see README)")
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--learning-rate", type=float)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--checkpoint-every", type=int, default=250)
+    train.add_argument("--keep-checkpoints", type=int, default=2)
+    train.add_argument("--connector-scenes", type=int, default=20000, help="pictures the connector trains on")
+    train.add_argument("--resume", action="store_true", help="continue from the stage's latest checkpoint")
+
+
+def run_pocket(args: argparse.Namespace) -> int:
+    """Train the stage; print where its model and record went."""
+    settings = stage_settings(
+        args.stage, args.runs, max_steps=args.max_steps, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, seed=args.seed, checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints, resume=args.resume,
+    )  # fmt: skip
+    if args.stage == "connector":
+        data = ConnectorData(args.runs / "connector_scenes", args.connector_scenes)
+        result = train_connector_stage(args.world, data, settings)
+    else:
+        result = train_model_stage(PocketRun(args.stage, args.world, args.runs, settings))
+    print(f"{args.stage}: {result.steps} steps, {result.wall_s:.0f} s in all; model in {args.world}, "
+          f"run in {settings.out}")  # fmt: skip
+    return 0

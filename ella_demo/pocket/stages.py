@@ -1,0 +1,158 @@
+"""The pocket world's first three training stages: the VAE, the pocket CLIP, the pocket SD UNet.
+
+Each draws fresh scenes at every step (rendering costs well under a millisecond a picture), so no
+dataset is stored, and exports its model into the world folder in the diffusers layout. The fourth
+stage, the connector, is the project's ordinary training command run on that folder (connector.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPConfig, CLIPModel, CLIPTextModel, CLIPTokenizer
+
+from ella_demo.pocket.architecture import (
+    CLIP_MAX_LENGTH,
+    clip_text_config,
+    clip_vision_config,
+    scheduler_config,
+    unet_config,
+    vae_config,
+)
+from ella_demo.pocket.captions import PocketPrompt, training_example
+from ella_demo.pocket.render import render_array
+from ella_demo.train.objective import LossInputs, LossOptions, diffusion_loss, noise_scheduler_for
+
+KL_WEIGHT = 1e-6  # Stable Diffusion's VAE weighting of the KL term: latents stay close to a Gaussian's scale
+CAPTION_DROPOUT = 0.1  # the UNet learns the empty prompt too, for classifier-free guidance
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Build weights from `seed` on the CPU, leaving the global random state as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def training_batch(batch_size: int, rng: np.random.Generator) -> tuple[torch.Tensor, list[PocketPrompt]]:
+    """(B, 3, 64, 64) float pictures in [-1, 1] of fresh training scenes, and their captions."""
+    prompts = [training_example(rng) for _ in range(batch_size)]
+    pixels = np.stack([render_array(prompt.scene) for prompt in prompts])
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return images, prompts
+
+
+class VaeStage:
+    """AutoencoderKL trained to reconstruct pictures: MSE plus KL_WEIGHT x the KL to a unit Gaussian."""
+
+    name = "vae"
+
+    def __init__(self, config: dict | None = None, seed: int = 0):
+        with seeded(seed):
+            self.vae = AutoencoderKL(**(config or vae_config()))
+
+    def trainable(self) -> dict[str, torch.nn.Module]:
+        return {"vae": self.vae}
+
+    def recipe(self) -> dict:
+        return {"config": dict(self.vae.config), "kl_weight": KL_WEIGHT}
+
+    def loss(self, batch_size: int, rng: np.random.Generator, generator: torch.Generator) -> torch.Tensor:
+        images, _ = training_batch(batch_size, rng)
+        posterior = self.vae.encode(images).latent_dist
+        reconstruction = self.vae.decode(posterior.sample(generator)).sample
+        return torch.nn.functional.mse_loss(reconstruction, images) + KL_WEIGHT * posterior.kl().mean()
+
+    def latent_scale(self, samples: int = 256, seed: int = 0) -> float:
+        """1 / the standard deviation of latent samples of fresh pictures: the `scaling_factor` diffusion uses."""
+        images, _ = training_batch(samples, np.random.default_rng([seed, 10**6]))
+        with torch.no_grad():
+            latents = self.vae.encode(images).latent_dist.sample(torch.Generator().manual_seed(seed))
+        return float(1.0 / latents.std())
+
+
+class ClipStage:
+    """The pocket CLIP: transformers' CLIPModel (text and vision towers) trained contrastively on captioned pictures."""
+
+    name = "clip"
+
+    def __init__(self, tokenizer: CLIPTokenizer, text_config: dict | None = None, vision_config: dict | None = None,
+                 seed: int = 0):  # fmt: skip
+        self.tokenizer = tokenizer
+        text = text_config or clip_text_config(len(tokenizer))
+        vision = vision_config or clip_vision_config()
+        self.configs = {"text": text, "vision": vision}
+        with seeded(seed):
+            config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=text["projection_dim"])
+            self.model = CLIPModel(config)
+
+    def trainable(self) -> dict[str, torch.nn.Module]:
+        return {"clip": self.model}
+
+    def recipe(self) -> dict:
+        return {"configs": self.configs, "vocab": len(self.tokenizer)}
+
+    def loss(self, batch_size: int, rng: np.random.Generator, generator: torch.Generator) -> torch.Tensor:
+        images, prompts = training_batch(batch_size, rng)
+        tokens = self.tokenizer([prompt.text for prompt in prompts], padding="max_length",
+                                max_length=CLIP_MAX_LENGTH, truncation=True, return_tensors="pt")  # fmt: skip
+        return self.model(input_ids=tokens.input_ids, pixel_values=images, return_loss=True).loss
+
+    def text_model(self) -> CLIPTextModel:
+        """The text tower alone, as a CLIPTextModel (what SD's `text_encoder/` folder holds)."""
+        text = CLIPTextModel(self.model.config.text_config)
+        text.load_state_dict(self.model.text_model.state_dict())
+        return text
+
+
+class _PassThrough(torch.nn.Module):
+    """Stands where the connector stands in `diffusion_loss`: the UNet reads CLIP's tokens as they are."""
+
+    def forward(self, text_features: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return text_features
+
+
+class UNetStage:
+    """The pocket SD: a UNet2DConditionModel trained on frozen-VAE latents, conditioned on frozen pocket-CLIP tokens.
+
+    The loss is the connector training's (`train.objective.diffusion_loss`: noise prediction at uniform
+    timesteps, caption dropout to the empty prompt), with CLIP's tokens passed through unchanged.
+    """
+
+    name = "unet"
+
+    def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
+                 config: dict | None = None, seed: int = 0):  # fmt: skip
+        self.vae, self.text_encoder, self.tokenizer = vae.eval(), text_encoder.eval(), tokenizer
+        for frozen in (self.vae, self.text_encoder):
+            frozen.requires_grad_(False)
+        with seeded(seed):
+            self.unet = UNet2DConditionModel(**(config or unet_config()))
+        self.noise_scheduler = noise_scheduler_for(scheduler_config())
+        self.options = LossOptions(caption_dropout=CAPTION_DROPOUT)
+        self.empty = self.encode_text([""])
+
+    def trainable(self) -> dict[str, torch.nn.Module]:
+        return {"unet": self.unet}
+
+    def recipe(self) -> dict:
+        return {"config": dict(self.unet.config), "caption_dropout": CAPTION_DROPOUT,
+                "scaling_factor": self.vae.config.scaling_factor}  # fmt: skip
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """(B, 77, width) last hidden states of the frozen pocket CLIP."""
+        tokens = self.tokenizer(texts, padding="max_length", max_length=CLIP_MAX_LENGTH, truncation=True,
+                                return_tensors="pt")  # fmt: skip
+        return self.text_encoder(tokens.input_ids).last_hidden_state
+
+    def loss(self, batch_size: int, rng: np.random.Generator, generator: torch.Generator) -> torch.Tensor:
+        images, prompts = training_batch(batch_size, rng)
+        with torch.no_grad():
+            latents = self.vae.encode(images).latent_dist.sample(generator) * self.vae.config.scaling_factor
+        inputs = LossInputs(latents, self.encode_text([prompt.text for prompt in prompts]), None, self.empty, None)
+        return diffusion_loss(self.unet, _PassThrough(), self.noise_scheduler, inputs, self.options, generator)
