@@ -65,9 +65,10 @@ RATIO_PAIRS = (
     ("cached_checkpointing", "cached"),
 )
 RATIO_METRICS = ("seconds_per_step", "step_memory_mb")
-# Default (resolution, batch size): the tiny preset's small pictures, and SD1.5's 512 px at the batch a CPU can take.
+# Default (resolution, batch size): the tiny preset's small pictures, SD1.5's 512 px at the batch a CPU can take.
 TINY_SHAPE = (64, 8)
 SD15_SHAPE = (512, 1)
+POCKET_SHAPE = (64, 32)  # the pocket world's pictures and the batch its connector stage trains with
 
 _COLOURS = ("red", "blue", "green", "yellow", "white", "black", "orange", "purple", "brown", "silver")
 _THINGS = ("cube", "ball", "teapot", "bicycle", "cat", "umbrella", "vase", "lantern", "book", "chair")
@@ -94,7 +95,7 @@ _PHRASES = (
 
 def default_shape(preset: str) -> tuple[int, int]:
     """(resolution, batch size) the benchmark uses for `preset` unless told otherwise."""
-    return TINY_SHAPE if preset == "tiny" else SD15_SHAPE
+    return {"tiny": TINY_SHAPE, "pocket": POCKET_SHAPE}.get(preset, SD15_SHAPE)
 
 
 @dataclass(frozen=True)
