@@ -167,6 +167,29 @@ def test_example_prompts_are_many_and_dense():
     prompts = example_prompts()
     assert len(prompts) >= 12
     assert all(len(prompt.split()) >= 12 for prompt in prompts)
+    assert not set(prompts) & set(example_prompts("pocket"))
+
+
+def test_the_pocket_world_shows_its_own_examples_and_says_what_it_is():
+    from types import SimpleNamespace
+
+    from ella_demo.app.layout import _banner
+    from ella_demo.pocket.captions import training_vocabulary, words_of
+    from ella_demo.pocket.queries import plural_of
+    from ella_demo.pocket.vocabulary import PARAPHRASES
+
+    words = {word for options in PARAPHRASES.values() for option in options for word in (option, plural_of(option))}
+    paraphrases = {part for word in words for part in word.split()}
+    prompts = example_prompts("pocket")
+    assert len(prompts) >= 6
+    for prompt in prompts:
+        unknown = set(words_of(prompt)) - training_vocabulary() - paraphrases
+        assert not unknown, (prompt, unknown)
+    assert sum(bool(set(words_of(prompt)) & paraphrases) for prompt in prompts) >= 2
+    banner = _banner(SimpleNamespace(preset="pocket", random_weights=False))
+    assert "not Stable Diffusion" in banner and "all-MiniLM-L6-v2" in banner
+    assert "random weights" in _banner(SimpleNamespace(preset="tiny", random_weights=True))
+    assert _banner(SimpleNamespace(preset="sd15", random_weights=False)) == ""
 
 
 # --- serving: one queue for model work, stop, limits, bad values ------------------------------

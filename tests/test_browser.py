@@ -55,7 +55,7 @@ def wait_for_new_image(page, selector: str, old: str | None) -> None:
 
 def test_generate_scrub_pick_click_and_download(page, tmp_path):
     page.wait_for_selector("#prompt textarea")
-    assert "random weights" in page.inner_text("#random-weights-banner")
+    assert "random weights" in page.inner_text("#preset-banner")
     page.fill("#prompt textarea", "a red cat sitting on a blue chair next to a green lamp")
     page.press("#prompt textarea", "Enter")  # Enter generates (the button is driven by the API tests)
     for selector in ("#clip-image", "#ella-image", "#query-map", "#word-maps"):

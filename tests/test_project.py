@@ -103,7 +103,8 @@ def test_the_example_prompts_are_read_from_the_package():
     from ella_demo.app.compare_tab import example_prompts
 
     shipped = json.loads(resources.files("ella_demo.app").joinpath("example_prompts.json").read_text(encoding="utf-8"))
-    assert example_prompts() == [entry["prompt"] for entry in shipped]
+    assert example_prompts() == [entry["prompt"] for entry in shipped if "preset" not in entry]
+    assert example_prompts("pocket") == [entry["prompt"] for entry in shipped if entry.get("preset") == "pocket"]
 
 
 def test_tests_and_package_need_nothing_outside_the_repository():

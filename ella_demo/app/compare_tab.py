@@ -45,10 +45,12 @@ GENERATE_OUTPUTS = ("clip_image", "ella_image", "gallery", "notes", "session", "
 RENDERING = {"concurrency_limit": VIEW_CONCURRENCY, "api_name": False}
 
 
-def example_prompts() -> list[str]:
-    """The example prompts shipped in the package's example_prompts.json (written by us)."""
+def example_prompts(preset: str = "sd15") -> list[str]:
+    """The example prompts shipped in the package's example_prompts.json (written by us) for `preset`:
+    the pocket world's own (its vocabulary, and paraphrases of it) for pocket, the others for the rest."""
     text = resources.files("ella_demo.app").joinpath("example_prompts.json").read_text(encoding="utf-8")
-    return [entry["prompt"] for entry in json.loads(text)]
+    wanted = "pocket" if preset == "pocket" else "sd15"
+    return [entry["prompt"] for entry in json.loads(text) if entry.get("preset", "sd15") == wanted]
 
 
 def _by_name(handler: Callable, parts: dict[str, gr.components.Component]) -> Callable:
@@ -109,10 +111,11 @@ def _image_settings(models: LoadedModels) -> dict[str, gr.components.Component]:
         }
 
 
-def _clickable_image(side: str) -> gr.Image:
+def _clickable_image(side: str, preset: str) -> gr.Image:
     """The first image of one side, where a click asks which words are at that pixel."""
+    base = "pocket SD" if preset == "pocket" else "SD1.5"
     return gr.Image(
-        label=f"SD1.5 + {side} (click a pixel: which words are there?)",
+        label=f"{base} + {side} (click a pixel: which words are there?)",
         format="png",
         interactive=False,
         height=420,
@@ -120,15 +123,15 @@ def _clickable_image(side: str) -> gr.Image:
     )
 
 
-def _run_results(prompt: gr.Textbox) -> dict[str, gr.components.Component]:
+def _run_results(prompt: gr.Textbox, preset: str) -> dict[str, gr.components.Component]:
     """The Generate and Stop buttons, the examples, and what a run shows: notes and images."""
     with gr.Row():
         generate = gr.Button("Generate", variant="primary", elem_id="generate", scale=4)
         stop = gr.Button("Stop", variant="stop", elem_id="stop", scale=1)
-    gr.Examples(example_prompts(), inputs=prompt, label="Examples (click one, then Generate)")
+    gr.Examples(example_prompts(preset), inputs=prompt, label="Examples (click one, then Generate)")
     notes = gr.Markdown(elem_id="run-notes")
     with gr.Row():
-        clip_image, ella_image = (_clickable_image(label) for label in ("CLIP", "ELLA"))
+        clip_image, ella_image = (_clickable_image(label, preset) for label in ("CLIP", "ELLA"))
     gallery = gr.Gallery(
         label="All images: CLIP, then ELLA",
         columns=8,
@@ -261,7 +264,7 @@ def _wire_views(ui: ExplorerUI, parts: dict) -> None:
 def compare_tab(ui: ExplorerUI, session: gr.State, limits: ServingLimits) -> None:
     """The tab's components, and the events that generate and re-render."""
     parts = {"session": session, **_prompt_and_seed(), **_image_settings(ui.models)}
-    parts |= _run_results(parts["prompt"])
+    parts |= _run_results(parts["prompt"], ui.models.preset)
     parts |= _step_views(ui.models)
     parts |= _time_views()
     _wire_generation(ui, parts, limits)

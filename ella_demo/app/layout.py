@@ -22,8 +22,20 @@ from ella_demo.inspect.connector_attention import NORMALISATIONS
 SESSION_TTL_S = 3600
 
 
+POCKET_BANNER = (
+    "ℹ️ **Preset `pocket`: a trained toy world, not Stable Diffusion.** Every model here was trained by this "
+    "project on 64x64 pictures of coloured shapes: a VAE, a small CLIP, a small SD-style UNet that reads it, and "
+    "an ELLA connector that feeds the same frozen UNet a real pretrained language model (all-MiniLM-L6-v2) "
+    "instead. Use the world's words (circle, square, triangle, cross; red, orange, yellow, green, blue, purple; "
+    "small, large; filled, outlined; white, black or gray background; left of, right of, above, below, next to; "
+    "two, three), or paraphrases CLIP never saw (crimson, cube, hollow...): the examples below show both."
+)
+
+
 def _banner(models: LoadedModels) -> str:
-    """A warning that the images are noise, for a preset with random weights; else nothing."""
+    """What the images are: the pocket world's note, or a warning that a random-weight preset draws noise."""
+    if models.preset == "pocket" and not models.random_weights:
+        return POCKET_BANNER
     if not models.random_weights:
         return ""
     return (
@@ -70,7 +82,7 @@ def build_app(
         gr.Markdown("# ELLA Explorer\nStable Diffusion 1.5 with CLIP, and with ELLA's LLM connector, side by side.")
         banner = _banner(models)
         if banner:
-            gr.Markdown(banner, elem_id="random-weights-banner")
+            gr.Markdown(banner, elem_id="preset-banner")
         # A run's trace is tens of MB at 512 px: drop it an hour after its last use.
         session = gr.State(None, time_to_live=SESSION_TTL_S)
         with gr.Tabs():
