@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests_support import free_port
+from tests_support import free_port, train_toy_stage
 
 # Tests never reach a model hub; without this a missing-file lookup can stall before failing.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -85,3 +85,19 @@ def server(tiny):
     launch_app(app, port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/"
     app.close()
+
+
+@pytest.fixture(scope="session")
+def pocket_world(tmp_path_factory) -> Path:
+    """A toy pocket world: every stage trained a few steps by the pocket training code (vae, clip, unet 3 steps
+    each; the connector 2 steps with the real MiniLM). Its pictures are not meaningful; its layout is the real one."""
+    from ella_demo.pocket.connector_stage import ConnectorData, train_connector_stage
+    from ella_demo.pocket.stage_runner import StageSettings
+
+    root = tmp_path_factory.mktemp("pocket")
+    for stage in ("vae", "clip", "unet"):
+        train_toy_stage(stage, root / "runs", root / "world", max_steps=3)
+    settings = StageSettings(out=root / "runs" / "connector", max_steps=2, batch_size=2, learning_rate=1e-4,
+                             checkpoint_every=2, progress=False)  # fmt: skip
+    train_connector_stage(root / "world", ConnectorData(root / "scenes", 8), settings)
+    return root / "world"

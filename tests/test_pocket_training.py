@@ -8,39 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests_support import copy_world, train_toy_stage
 
 from ella_demo.cli import main
 from ella_demo.loading.models import load_models
 from ella_demo.loading.pocket import minilm_folder
-from ella_demo.loading.toy_tokenizers import build_clip_tokenizer
-from ella_demo.pocket import architecture
-from ella_demo.pocket.captions import training_vocabulary
 from ella_demo.pocket.connector_stage import ConnectorData, train_connector_stage
 from ella_demo.pocket.stage_runner import StageSettings
-from ella_demo.pocket.training import PocketRun, stage_settings, train_model_stage
 from ella_demo.train.checkpoints import ResumeError
-
-TOY_UNET = {"block_out_channels": [16, 16, 16], "norm_num_groups": 4, "cross_attention_dim": 32,
-            "attention_head_dim": 2}  # fmt: skip
-SMALL_TRANSFORMER = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "projection_dim": 32}  # fmt: skip
-
-
-def toy_configs() -> dict:
-    """Architecture overrides that make every stage take well under a second a step."""
-    vocab = len(build_clip_tokenizer(sorted(training_vocabulary())))
-    return {
-        "vae": architecture.vae_config() | {"block_out_channels": [8, 8, 8], "norm_num_groups": 4},
-        "text_encoder": architecture.clip_text_config(vocab) | SMALL_TRANSFORMER,
-        "vision": architecture.clip_vision_config() | SMALL_TRANSFORMER,
-        "unet": architecture.unet_config() | TOY_UNET,
-    }
-
-
-def train_stage(stage: str, root: Path, world: Path, max_steps: int, resume: bool = False):
-    settings = stage_settings(stage, root, max_steps=max_steps, batch_size=4, checkpoint_every=2,
-                              resume=resume, progress=False)  # fmt: skip
-    return train_model_stage(PocketRun(stage, world, root, settings, toy_configs()))
 
 
 def state_of(folder: Path) -> dict[str, torch.Tensor]:
@@ -49,17 +24,9 @@ def state_of(folder: Path) -> dict[str, torch.Tensor]:
     return {path.name: read_safetensors(path)[0] for path in sorted(folder.rglob("*.safetensors"))}
 
 
-@pytest.fixture(scope="module")
-def toy_world(tmp_path_factory) -> Path:
-    """A world folder with every model stage trained 3 steps (vae, clip, unet), in order."""
-    root = tmp_path_factory.mktemp("pocket")
-    for stage in ("vae", "clip", "unet"):
-        train_stage(stage, root / "runs", root / "world", max_steps=3)
-    return root / "world"
-
-
-def test_each_model_stage_exports_its_part_and_the_world_is_an_sd_folder(toy_world):
-    expected = ["model_index.json", "scheduler", "text_encoder", "tokenizer", "unet", "vae"]
+def test_each_model_stage_exports_its_part_and_the_world_is_an_sd_folder(pocket_world):
+    toy_world = pocket_world
+    expected = ["ella.safetensors", "model_index.json", "scheduler", "text_encoder", "tokenizer", "unet", "vae"]
     assert sorted(path.name for path in toy_world.iterdir()) == expected
     vae_config = json.loads((toy_world / "vae" / "config.json").read_text())
     assert vae_config["block_out_channels"] == [8, 8, 8] and 0.05 < vae_config["scaling_factor"] < 50
@@ -72,18 +39,15 @@ def test_each_model_stage_exports_its_part_and_the_world_is_an_sd_folder(toy_wor
 
 
 @pytest.mark.parametrize("stage", ["vae", "clip", "unet"])
-def test_a_stopped_stage_resumes_to_the_same_losses_and_weights(stage, toy_world, tmp_path):
+def test_a_stopped_stage_resumes_to_the_same_losses_and_weights(stage, pocket_world, tmp_path):
     world = tmp_path / "world"
     if stage == "unet":  # the unet stage reads the trained vae and clip
-        for part in ("vae", "text_encoder", "tokenizer"):
-            (world / part).mkdir(parents=True)
-            for file in (toy_world / part).iterdir():
-                (world / part / file.name).write_bytes(file.read_bytes())
-    whole = train_stage(stage, tmp_path / "whole", world, max_steps=4)
-    train_stage(stage, tmp_path / "split", world, max_steps=2)
+        copy_world(pocket_world, world, ("vae", "text_encoder", "tokenizer"))
+    whole = train_toy_stage(stage, tmp_path / "whole", world, max_steps=4)
+    train_toy_stage(stage, tmp_path / "split", world, max_steps=2)
     with pytest.raises(ResumeError, match="already holds checkpoints"):
-        train_stage(stage, tmp_path / "split", world, max_steps=4)
-    resumed = train_stage(stage, tmp_path / "split", world, max_steps=4, resume=True)
+        train_toy_stage(stage, tmp_path / "split", world, max_steps=4)
+    resumed = train_toy_stage(stage, tmp_path / "split", world, max_steps=4, resume=True)
     assert resumed.losses == whole.losses[2:]
     final = state_of(tmp_path / "whole" / stage / "checkpoints" / "step-0000004")
     again = state_of(tmp_path / "split" / stage / "checkpoints" / "step-0000004")
@@ -92,16 +56,9 @@ def test_a_stopped_stage_resumes_to_the_same_losses_and_weights(stage, toy_world
         assert all(torch.equal(final[name][key], again[name][key]) for key in final[name]), name
 
 
-def test_the_connector_stage_trains_on_the_world_and_the_pocket_preset_loads_it(toy_world, tmp_path):
-    world = tmp_path / "world"
-    for part in toy_world.iterdir():
-        target = world / part.name
-        if part.is_dir():
-            target.mkdir(parents=True)
-            for file in part.iterdir():
-                (target / file.name).write_bytes(file.read_bytes())
-        else:
-            target.write_bytes(part.read_bytes())
+def test_the_connector_stage_trains_on_the_world_and_the_pocket_preset_loads_it(pocket_world, tmp_path):
+    world = copy_world(pocket_world, tmp_path / "world", ("vae", "text_encoder", "tokenizer", "unet", "scheduler",
+                                                           "model_index.json"))  # fmt: skip
     data = ConnectorData(tmp_path / "scenes", 12)
     settings = StageSettings(out=tmp_path / "runs" / "connector", max_steps=2, batch_size=2, learning_rate=1e-4,
                              checkpoint_every=1, progress=False)  # fmt: skip

@@ -38,3 +38,47 @@ def write_tiny_bert(folder: Path, words: list[str], width: int) -> Path:
         BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+# --- the pocket world at toy size ---------------------------------------------------------------
+
+TOY_UNET = {"block_out_channels": [16, 16, 16], "norm_num_groups": 4, "cross_attention_dim": 32,
+            "attention_head_dim": 2}  # fmt: skip
+SMALL_TRANSFORMER = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "projection_dim": 32}  # fmt: skip
+
+
+def toy_pocket_configs() -> dict:
+    """Architecture overrides that make every pocket stage take well under a second a step."""
+    from ella_demo.loading.toy_tokenizers import build_clip_tokenizer
+    from ella_demo.pocket import architecture
+    from ella_demo.pocket.captions import training_vocabulary
+
+    vocab = len(build_clip_tokenizer(sorted(training_vocabulary())))
+    return {
+        "vae": architecture.vae_config() | {"block_out_channels": [8, 8, 8], "norm_num_groups": 4},
+        "text_encoder": architecture.clip_text_config(vocab) | SMALL_TRANSFORMER,
+        "vision": architecture.clip_vision_config() | SMALL_TRANSFORMER,
+        "unet": architecture.unet_config() | TOY_UNET,
+    }
+
+
+def train_toy_stage(stage: str, runs: Path, world: Path, max_steps: int, resume: bool = False):
+    """One model stage (vae, clip or unet) of a toy pocket world: batch 4, a checkpoint every 2 steps."""
+    from ella_demo.pocket.training import PocketRun, stage_settings, train_model_stage
+
+    settings = stage_settings(stage, runs, max_steps=max_steps, batch_size=4, checkpoint_every=2,
+                              resume=resume, progress=False)  # fmt: skip
+    return train_model_stage(PocketRun(stage, world, runs, settings, toy_pocket_configs()))
+
+
+def copy_world(source: Path, target: Path, parts: tuple[str, ...] | None = None) -> Path:
+    """A copy of a world folder's parts (all of them by default)."""
+    import shutil
+
+    target.mkdir(parents=True, exist_ok=True)
+    for part in source.iterdir():
+        if parts is None or part.name in parts:
+            copy = shutil.copytree if part.is_dir() else shutil.copyfile
+            copy(part, target / part.name)
+    return target

@@ -1,11 +1,18 @@
-"""The `pocket` command: train the pocket world's models, stage by stage (`pocket train STAGE`)."""
+"""The `pocket` command: train the pocket world's models stage by stage (`pocket train STAGE`), and measure
+them (`pocket eval`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
+from ella_demo.core.errors import InputError
+from ella_demo.loading.models import load_models
 from ella_demo.pocket.connector_stage import ConnectorData, train_connector_stage
+from ella_demo.pocket.evaluation import EvaluationSettings
+from ella_demo.pocket.report import markdown_tables, write_pocket_report
 from ella_demo.pocket.training import STAGES, PocketRun, stage_settings, train_model_stage
 
 POCKET_FLAGS = {
@@ -16,14 +23,18 @@ POCKET_FLAGS = {
     "checkpoint_every": "--checkpoint-every",
     "keep_checkpoints": "--keep-checkpoints",
     "out": "--runs",
+    "prompts": "--prompts",
+    "pointing_prompts": "--pointing-prompts",
+    "steps": "--steps",
 }
 DEFAULT_RUNS = Path("runs/pocket")
 
 
 def add_pocket_parser(commands: argparse._SubParsersAction) -> None:
     """`pocket train STAGE`: its flags (defaults: the shipped world's settings, README 'Pocket world')."""
-    parser = commands.add_parser("pocket", help="the pocket world: train its models")
+    parser = commands.add_parser("pocket", help="the pocket world: train its models, evaluate them")
     actions = parser.add_subparsers(dest="pocket_command", required=True)
+    _add_eval_parser(actions)
     train = actions.add_parser(
         "train",
         help="train one stage (vae, clip, unet, connector, in that order), resumable",
@@ -45,8 +56,26 @@ def add_pocket_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--resume", action="store_true", help="continue from the stage's latest checkpoint")
 
 
+def _add_eval_parser(actions: argparse._SubParsersAction) -> None:
+    evaluation = actions.add_parser(
+        "eval",
+        help="score both sides on the held-out prompt sets with the pixel detector; attention pointing",
+        description="Both sides draw 4 images per held-out prompt (seen, unseen combinations, paraphrases); the "
+        "pixel detector answers their DPG-Bench questions; then attention pointing and token x time maps.",
+    )
+    evaluation.add_argument("--world", type=Path, help="a pocket world folder (default: the shipped one)")
+    evaluation.add_argument("--out", type=Path, default=DEFAULT_RUNS / "eval")
+    evaluation.add_argument("--prompts", type=int, default=50, help="prompts per set (default 50)")
+    evaluation.add_argument("--pointing-prompts", type=int, default=60)
+    evaluation.add_argument("--steps", type=int, default=25)
+    evaluation.add_argument("--seed", type=int, default=0)
+    evaluation.add_argument("--device", default="cpu")
+
+
 def run_pocket(args: argparse.Namespace) -> int:
-    """Train the stage; print where its model and record went."""
+    """Train a stage, or evaluate; print where the results went."""
+    if args.pocket_command == "eval":
+        return _run_eval(args)
     settings = stage_settings(
         args.stage, args.runs, max_steps=args.max_steps, batch_size=args.batch_size,
         learning_rate=args.learning_rate, seed=args.seed, checkpoint_every=args.checkpoint_every,
@@ -59,4 +88,17 @@ def run_pocket(args: argparse.Namespace) -> int:
         result = train_model_stage(PocketRun(args.stage, args.world, args.runs, settings))
     print(f"{args.stage}: {result.steps} steps, {result.wall_s:.0f} s in all; model in {args.world}, "
           f"run in {settings.out}")  # fmt: skip
+    return 0
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    for name in ("prompts", "pointing_prompts", "steps"):
+        if getattr(args, name) < 1:
+            raise InputError(name, f"must be at least 1, got {getattr(args, name)}.")
+    models = load_models("pocket", sd15=str(args.world) if args.world else None, device=args.device)
+    settings = EvaluationSettings(prompts=args.prompts, seed=args.seed, num_inference_steps=args.steps)
+    with tqdm(total=3 * args.prompts, desc="pocket eval", unit="prompt") as bar:
+        report = write_pocket_report(models, args.out, settings, args.pointing_prompts, lambda *_: bar.update(1))
+    print(markdown_tables(report))
+    print(f"\n{report['wall_s']:.0f} s; figures and reports in {args.out}")
     return 0

@@ -313,10 +313,17 @@ def compare_token_time_figure(first: TimeMap, second: TimeMap, first_title: str,
 
 def category_bars_figure(scores: dict[str, dict[str, float]], title: str = "DPG-Bench by category") -> Figure:
     """Grouped bars: one group per category, one bar per model (e.g. {"CLIP": {...}, "ELLA": {...}})."""
-    models = list(scores)
     categories = sorted({category for values in scores.values() for category in values})
-    figure = new_figure(1.2 + 0.9 * len(categories) * max(1, len(models) / 2), 4.5)
-    axes = figure.add_subplot()
+    figure = new_figure(1.2 + 0.9 * len(categories) * max(1, len(scores) / 2), 4.5)
+    draw_category_bars(figure.add_subplot(), scores, title, figure.get_figwidth() - 1.5)
+    return figure
+
+
+def draw_category_bars(axes, scores: dict[str, dict[str, float]], title: str, width_in: float) -> None:
+    """Into `axes`: one group of bars per category (alphabetical, "overall" first), one bar per model, in %."""
+    models = list(scores)
+    found = {category for values in scores.values() for category in values}
+    categories = sorted(found, key=lambda category: (category != "overall", category))
     width = 0.8 / max(len(models), 1)
     for index, model in enumerate(models):
         positions = [
@@ -324,11 +331,11 @@ def category_bars_figure(scores: dict[str, dict[str, float]], title: str = "DPG-
         ]
         values = [scores[model].get(category, 0.0) for category in categories]
         bars = axes.bar(positions, values, width, label=model)
-        axes.bar_label(bars, fmt="%.1f", fontsize=7)
-    _label_ticks(axes, categories, figure.get_figwidth() - 1.5, along_x=True)
+        axes.bar_label(bars, fmt="%.1f", fontsize=6, padding=1)
+    _label_ticks(axes, categories, width_in, along_x=True)
     axes.set_ylabel("score (%)")
-    axes.set_ylim(0, 105)
-    axes.legend()
+    axes.set_ylim(0, 120)  # room above 100 for the labels and the legend
+    axes.set_yticks(range(0, 101, 20))
+    axes.legend(fontsize=7, loc="upper center", ncol=len(models))
     axes.set_title(title, fontsize=10)
     axes.grid(axis="y", alpha=0.3)
-    return figure
