@@ -75,16 +75,29 @@ def hub_layout(tiny, tmp_path_factory) -> dict[str, Path]:
     return {"sd15": sd15, "ella_repo": ella_repo, "ella_file": ella_repo / ELLA_FILENAME, "t5": t5_folder}
 
 
-@pytest.fixture(scope="session")
-def server(tiny):
-    """The app on the tiny preset, served on a free localhost port for the whole session."""
+def serve(models):
+    """The app on `models`, served on a free localhost port until the generator is closed."""
     from ella_demo.app import build_app, launch_app
 
-    app = build_app(tiny)
+    app = build_app(models)
     port = free_port()
     launch_app(app, port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/"
     app.close()
+
+
+@pytest.fixture(scope="session")
+def server(tiny):
+    """The app on the tiny preset, served on a free localhost port for the whole session."""
+    yield from serve(tiny)
+
+
+@pytest.fixture(scope="session")
+def pocket_server(pocket_world):
+    """The app on the pocket preset (the toy-trained world of `pocket_world`), for the whole session."""
+    from ella_demo.loading.models import load_models
+
+    yield from serve(load_models("pocket", sd15=str(pocket_world)))
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""A real browser session: headless Debian Chromium, driven by playwright, against the tiny-preset app.
+"""A real browser session: headless Debian Chromium, driven by playwright, against the app on the tiny preset and on
+the pocket preset (a toy-trained pocket world: the test drives the interface, not the pictures' quality).
 
 Screenshots land in test-artifacts/ for a person to look at.
 """
@@ -28,8 +29,28 @@ FLAGS = [
 TIMEOUT_MS = 90_000
 
 
+# Per preset: the server fixture, a prompt, what the banner says, and a word of the prompt to map.
+CASES = {
+    "tiny": ("server", "a red cat sitting on a blue chair next to a green lamp", "random weights", "lamp"),
+    "pocket": (
+        "pocket_server",
+        "On a white background, a large red circle sits to the left of a small blue square, all filled.",
+        "not Stable Diffusion",
+        "circle",
+    ),
+}
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def case(request):
+    """(preset, its server's address, prompt, banner text, word) of one preset."""
+    server_fixture, prompt, banner, word = CASES[request.param]
+    return request.param, request.getfixturevalue(server_fixture), prompt, banner, word
+
+
 @pytest.fixture(scope="module")
-def page(server):
+def page(case):
+    server = case[1]
     assert Path(CHROMIUM).exists(), "Debian's chromium is needed for the browser test (apt-get install chromium)"
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
@@ -53,14 +74,15 @@ def wait_for_new_image(page, selector: str, old: str | None) -> None:
     )
 
 
-def test_generate_scrub_pick_click_and_download(page, tmp_path):
+def test_generate_scrub_pick_click_and_download(page, case, tmp_path):
+    preset, _, prompt, banner, word = case
     page.wait_for_selector("#prompt textarea")
-    assert "random weights" in page.inner_text("#preset-banner")
-    page.fill("#prompt textarea", "a red cat sitting on a blue chair next to a green lamp")
+    assert banner in page.inner_text("#preset-banner")
+    page.fill("#prompt textarea", prompt)
     page.press("#prompt textarea", "Enter")  # Enter generates (the button is driven by the API tests)
     for selector in ("#clip-image", "#ella-image", "#query-map", "#word-maps"):
         wait_for_new_image(page, selector, None)
-    page.screenshot(path=ARTIFACTS / "01-generated.png", full_page=True)
+    page.screenshot(path=ARTIFACTS / f"{preset}-01-generated.png", full_page=True)
     assert "Seed used: 0" in page.inner_text("#run-notes")
 
     # Scrub to the first (noisiest) step: the step views re-render from the cached trace.
@@ -69,19 +91,19 @@ def test_generate_scrub_pick_click_and_download(page, tmp_path):
     page.keyboard.press("Home")
     wait_for_new_image(page, "#query-map", old_query_map)
     assert page.locator("#step input[type=number]").input_value() == "1"
-    page.screenshot(path=ARTIFACTS / "02-scrubbed.png", full_page=True)
+    page.screenshot(path=ARTIFACTS / f"{preset}-02-scrubbed.png", full_page=True)
 
     # Pick a word for the maps.
     old_maps = image_source(page, "#word-maps")
     page.click("#word input")
-    page.get_by_role("option", name="lamp").click()
+    page.get_by_role("option", name=word, exact=True).click()
     wait_for_new_image(page, "#word-maps", old_maps)
 
     # Click a pixel of the ELLA image: the words there are ranked.
     page.click("#ella-image img")  # the centre: Gradio maps clicks assuming the image is not upscaled
     page.wait_for_selector("#pixel-probe :text('At pixel')")
     assert "ELLA (attention flow)" in page.inner_text("#pixel-probe")
-    page.screenshot(path=ARTIFACTS / "03-probed.png", full_page=True)
+    page.screenshot(path=ARTIFACTS / f"{preset}-03-probed.png", full_page=True)
 
     # Download the run as one zip.
     page.click("#download")
@@ -94,7 +116,7 @@ def test_generate_scrub_pick_click_and_download(page, tmp_path):
     assert {"clip.png", "ella.png", "meta.json", "trace.npz", "figures/token_time_paper.png"} <= names
 
 
-def test_stop_ends_a_long_run_between_steps(page):
+def test_stop_ends_a_long_run_between_steps(page, case):
     page.wait_for_selector("#prompt textarea")
     page.fill("#steps input[type=number]", "150")
     page.press("#steps input[type=number]", "Enter")
@@ -107,4 +129,4 @@ def test_stop_ends_a_long_run_between_steps(page):
     notes = page.inner_text("#run-notes")
     step = int(notes.split("Stopped after step ")[1].split(" ")[0])
     assert 0 < step < 150
-    page.screenshot(path=ARTIFACTS / "04-stopped.png", full_page=True)
+    page.screenshot(path=ARTIFACTS / f"{case[0]}-04-stopped.png", full_page=True)
