@@ -53,13 +53,15 @@ class VaeStage:
 
     def __init__(self, config: dict | None = None, seed: int = 0):
         with seeded(seed):
-            self.vae = AutoencoderKL(**(config or vae_config()))
+            self.config = config or vae_config()
+            self.vae = AutoencoderKL(**self.config)
 
     def trainable(self) -> dict[str, torch.nn.Module]:
         return {"vae": self.vae}
 
     def recipe(self) -> dict:
-        return {"config": dict(self.vae.config), "kl_weight": KL_WEIGHT}
+        # The config as given: the model's own also holds bookkeeping whose order varies between processes.
+        return {"config": self.config, "kl_weight": KL_WEIGHT}
 
     def loss(self, batch_size: int, rng: np.random.Generator, generator: torch.Generator) -> torch.Tensor:
         images, _ = training_batch(batch_size, rng)
@@ -131,7 +133,8 @@ class UNetStage:
         for frozen in (self.vae, self.text_encoder):
             frozen.requires_grad_(False)
         with seeded(seed):
-            self.unet = UNet2DConditionModel(**(config or unet_config()))
+            self.config = config or unet_config()
+            self.unet = UNet2DConditionModel(**self.config)
         self.noise_scheduler = noise_scheduler_for(scheduler_config())
         self.options = LossOptions(caption_dropout=CAPTION_DROPOUT)
         self.empty = self.encode_text([""])
@@ -140,7 +143,7 @@ class UNetStage:
         return {"unet": self.unet}
 
     def recipe(self) -> dict:
-        return {"config": dict(self.unet.config), "caption_dropout": CAPTION_DROPOUT,
+        return {"config": self.config, "caption_dropout": CAPTION_DROPOUT,
                 "scaling_factor": self.vae.config.scaling_factor}  # fmt: skip
 
     @torch.no_grad()
