@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -91,3 +92,17 @@ def test_the_pocket_cli_trains_a_stage_and_names_the_stage_a_world_lacks(tmp_pat
     code = main(["pocket", "train", "vae", "--world", str(tmp_path / "world"), "--runs", str(tmp_path / "runs"),
                  "--max-steps", "0"])  # fmt: skip
     assert code == 2 and "--max-steps" in capsys.readouterr().err
+
+
+def test_a_stage_resumes_in_another_process(tmp_path):
+    """Each process hashes strings differently: a recipe must not depend on anything set-ordered."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "ella_demo", "pocket", "train", "vae", "--world", str(tmp_path / "world"),
+               "--runs", str(tmp_path / "runs"), "--batch-size", "2", "--checkpoint-every", "1"]  # fmt: skip
+    for extra, seed in ((["--max-steps", "1"], "1"), (["--max-steps", "2", "--resume"], "2")):
+        done = subprocess.run(command + extra, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONHASHSEED": seed})  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert "vae: 2 steps" in done.stdout
