@@ -39,8 +39,10 @@ def generated(result: tuple) -> dict:
 
 def test_generate_returns_both_images_and_the_trace_views(client):
     result = generated(client.predict(prompt="a red cat on a blue chair", seed=7, api_name="/generate", **FAST))
-    assert Image.open(result["clip_image"]).size == (64, 64) and Image.open(result["ella_image"]).size == (64, 64)
+    # 64 px pictures are shown 4 times larger, pixel for pixel; the gallery holds them as made.
+    assert Image.open(result["clip_image"]).size == (256, 256) and Image.open(result["ella_image"]).size == (256, 256)
     assert [entry["caption"] for entry in result["gallery"]] == ["CLIP 1", "ELLA 1"]
+    assert Image.open(result["gallery"][0]["image"]).size == (64, 64)
     assert "Seed used: 7" in result["notes"] and "Random weights" in result["notes"]
     assert result["step"]["maximum"] == 2
     assert [entry["token"] for entry in result["highlighted"]] == ["a", "red", "cat", "on", "a", "blue", "chair"]
@@ -149,12 +151,12 @@ def test_size_sliders_follow_the_preset(preset, native, expected):
 
 def test_generate_without_a_size_makes_the_native_size(client, tiny):
     result = generated(client.predict(prompt="a red cat", steps=1, api_name="/generate"))
-    assert Image.open(result["clip_image"]).size == Image.open(result["ella_image"]).size == (64, 64)
+    assert Image.open(result["clip_image"]).size == Image.open(result["ella_image"]).size == (256, 256)  # shown x4
     direct = handlers.ExplorerUI(tiny).run_generate("a red cat", steps=1)
-    assert direct["clip_image"].size == direct["ella_image"].size == (64, 64)
+    assert direct["session"].result.clip_images[0].size == direct["session"].result.ella_images[0].size == (64, 64)
     assert direct["session"].result.settings.height == direct["session"].result.settings.width == 64
     sized = handlers.ExplorerUI(tiny).run_generate("a red cat", steps=1, width=32)
-    assert sized["ella_image"].size == (32, 64)
+    assert sized["session"].result.ella_images[0].size == (32, 64) and sized["ella_image"].size == (128, 256)
 
 
 def test_views_need_a_run_first(tiny):
@@ -386,11 +388,13 @@ def test_uploads_over_the_size_limit_are_refused(server):
 def test_pixel_clicks_outside_the_image_are_named(tiny):
     explorer = handlers.ExplorerUI(tiny)
     views = RunViews(generate(tiny, "a red cat", trace=True, num_inference_steps=2, height=32, width=32))
-    for position in ([32, 5], [-1, 0], [float("nan"), 3], ["x", 1], [1]):
+    # A 32 px picture is shown 8 times larger (256 px): clicks arrive in the shown picture's pixels.
+    assert handlers.for_display(views.result.clip_images[0]).size == (256, 256)
+    for position in ([256, 5], [-1, 0], [float("nan"), 3], ["x", 1], [1]):
         event = SimpleNamespace(index=position)
-        with pytest.raises(gr.Error, match=r"Pixel must be an \(x, y\) position inside the 32x32 image"):
+        with pytest.raises(gr.Error, match=r"Pixel must be an \(x, y\) position inside the 256x256 image"):
             explorer.on_select(views, 2, "all", event)
-    assert "At pixel (3, 4)" in explorer.on_select(views, 2, "all", SimpleNamespace(index=[3, 4]))
+    assert "At pixel (3, 4)" in explorer.on_select(views, 2, "all", SimpleNamespace(index=[24, 35]))
 
 
 def test_view_controls_are_checked(tiny):

@@ -13,6 +13,7 @@ import zipfile
 from collections.abc import Callable
 
 import gradio as gr
+from PIL import Image
 
 from ella_demo.app import checks
 from ella_demo.app.checks import reported
@@ -28,6 +29,23 @@ from ella_demo.inspect.connector_attention import NORMALISATIONS, Aggregation
 from ella_demo.inspect.outputs import write_run
 from ella_demo.inspect.report import write_trace_figures
 from ella_demo.inspect.views import WINDOW_CHOICES, ConnectorViews, RunViews, compare_probes, parse_aggregation
+
+# Pictures smaller than this (the pocket world's 64 px) are shown enlarged by a whole factor, pixel for pixel;
+# a click on them is mapped back to the picture's own pixels.
+DISPLAY_SIDE = 256
+
+
+def display_factor(image: Image.Image) -> int:
+    """The whole factor a picture is shown enlarged by (1 for pictures of DISPLAY_SIDE or more)."""
+    return max(1, DISPLAY_SIDE // max(image.size))
+
+
+def for_display(image: Image.Image) -> Image.Image:
+    """The picture as the app shows it: enlarged by `display_factor` with nearest-neighbour sampling."""
+    factor = display_factor(image)
+    if factor == 1:
+        return image
+    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
 
 
 class RequestTooLargeError(ExplorerError):
@@ -138,8 +156,9 @@ class ExplorerUI:
         everything += [(image, f"ELLA {index + 1}") for index, image in enumerate(result.ella_images)]
         aggregation = Aggregation()
         return {
-            "clip_image": result.clip_images[0],  # the first image of each side, for the pixel probe
-            "ella_image": result.ella_images[0],
+            # The first image of each side, for the pixel probe; small ones enlarged pixel for pixel.
+            "clip_image": for_display(result.clip_images[0]),
+            "ella_image": for_display(result.ella_images[0]),
             "gallery": everything,
             "notes": notes,
             "session": views,
@@ -260,7 +279,9 @@ class ExplorerUI:
         index = self._step_index(views, step)
         check_choice("Step window", window, WINDOW_CHOICES)
         position = event.index
-        width, height = views.result.clip_images[0].size
+        shown = views.result.clip_images[0]
+        factor = display_factor(shown)
+        width, height = shown.width * factor, shown.height * factor
         if (
             not isinstance(position, list | tuple)
             or len(position) != 2
@@ -272,7 +293,7 @@ class ExplorerUI:
             )
         if not views.has_words:
             return "The prompt is empty, so there are no words to rank."
-        return views.pixel_probe(position[0], position[1], window, index)
+        return views.pixel_probe(position[0] / factor, position[1] / factor, window, index)
 
     @reported
     def animation(self, views, block, head):
