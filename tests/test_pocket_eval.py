@@ -52,6 +52,8 @@ def test_evaluate_writes_every_set_for_both_sides(pocket_models, tmp_path):
             grids = sorted((tmp_path / name / side).glob("*.png"))
             assert len(grids) == 2 and Image.open(grids[0]).size == (128, 128)
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    ceiling = summary["vae_round_trip"]  # a barely trained toy VAE: far below the detector's 100% on renders
+    assert ceiling["scenes"] == 300 and 0.0 <= ceiling["overall"]["all"] < 0.98
     assert Image.open(tmp_path / "scores.png").size[0] > 1000
 
 
@@ -81,7 +83,7 @@ def test_the_eval_command_prints_the_tables_and_refuses_bad_counts(pocket_world,
                  "--pointing-prompts", "1", "--steps", "2"])  # fmt: skip
     assert code == 0
     out = capsys.readouterr().out
-    assert "| seen | 1 |" in out and "| paraphrase | 1 |" in out and "all steps" in out
+    assert "| seen | 1 |" in out and "| paraphrase | 1 |" in out and "all steps" in out and "VAE round trips" in out
     assert {"report.json", "pointing.png", "token_time.png", "scores.png"} <= {p.name for p in tmp_path.iterdir()}
     code = main(["pocket", "eval", "--world", str(pocket_world), "--out", str(tmp_path), "--prompts", "0"])
     assert code == 2 and "--prompts must be at least 1" in capsys.readouterr().err

@@ -53,6 +53,9 @@ def markdown_tables(report: dict) -> str:
                                ("entity", "attribute", "relation", "other", "global"))  # fmt: skip
             lines.append(f"| {name} | {result['prompts']} | {result['questions']} | {label} | "
                          f"{result[side]['overall']:.1f} | {cells} |")  # fmt: skip
+    ceiling = report["scores"]["vae_round_trip"]
+    lines += ["", f"Detector accuracy on VAE round trips of {ceiling['scenes']} held-out renders (the ceiling): "
+              f"{100 * ceiling['overall']['all']:.1f}% of {ceiling['questions']} questions."]  # fmt: skip
     windows = report["pointing"]["windows"]
     lines += ["", "| side | " + " | ".join(f"{window} steps" for window in windows["clip"]) + " |",
               "| --- |" + " --- |" * len(windows["clip"])]  # fmt: skip

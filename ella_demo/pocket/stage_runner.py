@@ -69,11 +69,13 @@ class Stage(Protocol):
 
 @dataclass(frozen=True)
 class StageResult:
-    """steps: optimizer steps done in all; losses: this call's, one per step; wall_s: seconds in all runs."""
+    """steps: optimizer steps done in all; losses: this call's, one per step; wall_s: seconds in all runs;
+    final_loss: the last step's loss, from the log when this call ran no step (a resume at max_steps)."""
 
     steps: int
     losses: list[float]
     wall_s: float
+    final_loss: float | None
 
 
 def run_stage(stage: Stage, settings: StageSettings) -> StageResult:
@@ -102,7 +104,9 @@ def run_stage(stage: Stage, settings: StageSettings) -> StageResult:
             _checkpoint(settings, recipe, step, modules, optimizer)
             log.write_plot(settings.out / "loss.png")
     bar.close()
-    return StageResult(settings.max_steps, losses, log.elapsed_before + time.perf_counter() - started)
+    logged = TrainLog.read(log.path)
+    final_loss = float(logged[-1]["loss"]) if logged else None
+    return StageResult(settings.max_steps, losses, log.elapsed_before + time.perf_counter() - started, final_loss)
 
 
 def _check(settings: StageSettings) -> None:

@@ -35,7 +35,7 @@ class StageDefaults:
 STAGE_DEFAULTS = {
     "vae": StageDefaults(max_steps=2500, batch_size=16, learning_rate=1e-3),
     "clip": StageDefaults(max_steps=2000, batch_size=64, learning_rate=5e-4),
-    "unet": StageDefaults(max_steps=4000, batch_size=32, learning_rate=5e-4),
+    "unet": StageDefaults(max_steps=3000, batch_size=32, learning_rate=5e-4),
     "connector": StageDefaults(max_steps=4000, batch_size=32, learning_rate=1e-4),
 }
 
@@ -89,7 +89,7 @@ def _write_record(run: PocketRun, result: StageResult, extra: dict) -> None:
         "settings": settings,
         "steps": result.steps,
         "wall_s": result.wall_s,
-        "last_loss": result.losses[-1] if result.losses else None,
+        "last_loss": result.final_loss,
         "device": f"cpu, {torch.get_num_threads()} torch threads, {platform.machine()}",
         "torch": torch.__version__,
         **extra,
