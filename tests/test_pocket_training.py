@@ -120,6 +120,8 @@ def test_shipping_copies_the_world_with_checksums_that_loading_checks(pocket_wor
     assert len((shipped / "SHA256SUMS").read_text().splitlines()) == len(record["sha256"])
     assert record["stages"]["unet"]["steps"] == 3 and (tmp_path / "record" / "vae" / "loss.png").is_file()
     assert load_models("pocket", sd15=str(shipped)).preset == "pocket"
+    again = ship_world(shipped, runs, shipped, tmp_path / "record")  # the package's own world: checksums only
+    assert again["sha256"] == record["sha256"]
     weights = shipped / "unet" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
     with pytest.raises(ModelSourceError, match="is missing or damaged"):

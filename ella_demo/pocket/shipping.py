@@ -48,12 +48,12 @@ def ship_world(world: Path, runs: Path, target: Path, record: Path) -> dict:
     if weights > MAX_SHIPPED_BYTES:
         raise InputError("world", f"holds {weights / 1e6:.1f} MB of weights, over the {MAX_SHIPPED_BYTES / 1e6:.0f} "
                          "MB the package ships: train smaller models.")  # fmt: skip
-    shutil.rmtree(target, ignore_errors=True)
-    sums = []
-    for name in files:
-        (target / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(world / name, target / name)
-        sums.append(f"{sha256_of(target / name)}  {name.as_posix()}")
+    if world.resolve() != target.resolve():  # shipping the package's own world only rewrites its checksums
+        shutil.rmtree(target, ignore_errors=True)
+        for name in files:
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(world / name, target / name)
+    sums = [f"{sha256_of(target / name)}  {name.as_posix()}" for name in files]
     (target / CHECKSUMS).write_text("\n".join(sums) + "\n")
     return _write_record(runs, record, {line.split("  ")[1]: line.split("  ")[0] for line in sums}, weights)
 
