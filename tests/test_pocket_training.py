@@ -34,6 +34,8 @@ def test_each_model_stage_exports_its_part_and_the_world_is_an_sd_folder(pocket_
     record = json.loads((toy_world.parent / "runs" / "unet" / "record.json").read_text())
     assert record["steps"] == 3 and record["settings"]["batch_size"] == 4 and record["wall_s"] > 0
     assert (toy_world.parent / "runs" / "unet" / "loss.png").stat().st_size > 1000
+    clip = json.loads((toy_world.parent / "runs" / "clip" / "record.json").read_text())
+    assert 0.0 <= clip["retrieval_top1_of_64_seen"] <= 1.0 and 0.0 <= clip["retrieval_top1_of_64_paraphrase"] <= 1.0
     # The weights are written in float16, to keep the shipped world small.
     unet_weights = state_of(toy_world / "unet")["diffusion_pytorch_model.safetensors"]
     assert all(tensor.dtype == torch.float16 for tensor in unet_weights.values())

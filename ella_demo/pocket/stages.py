@@ -104,6 +104,22 @@ class ClipStage:
                                 max_length=CLIP_MAX_LENGTH, truncation=True, return_tensors="pt")  # fmt: skip
         return self.model(input_ids=tokens.input_ids, pixel_values=images, return_loss=True).loss
 
+    @torch.no_grad()
+    def retrieval_accuracy(self, prompts: list[PocketPrompt], group: int = 64) -> float:
+        """Caption -> picture top-1 accuracy within groups of `group` held-out pairs (chance: 1 / group)."""
+        self.model.eval()
+        hits = []
+        for start in range(0, len(prompts) - group + 1, group):
+            chosen = prompts[start : start + group]
+            pixels = np.stack([render_array(prompt.scene) for prompt in chosen])
+            images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+            tokens = self.tokenizer([prompt.text for prompt in chosen], padding="max_length",
+                                    max_length=CLIP_MAX_LENGTH, truncation=True, return_tensors="pt")  # fmt: skip
+            logits = self.model(input_ids=tokens.input_ids, pixel_values=images).logits_per_text
+            hits.append((logits.argmax(dim=1) == torch.arange(len(chosen))).float().mean().item())
+        self.model.train()
+        return float(np.mean(hits))
+
     def text_model(self) -> CLIPTextModel:
         """The text tower alone, as a CLIPTextModel (what SD's `text_encoder/` folder holds)."""
         text = CLIPTextModel(self.model.config.text_config)

@@ -17,7 +17,7 @@ import torch
 from ella_demo.core.errors import InputError
 from ella_demo.loading.pocket import load_autoencoder, load_pocket_clip, require_parts
 from ella_demo.loading.toy_tokenizers import build_clip_tokenizer
-from ella_demo.pocket.captions import training_vocabulary
+from ella_demo.pocket.captions import prompt_sets, training_vocabulary
 from ella_demo.pocket.stage_runner import StageResult, StageSettings, run_stage
 from ella_demo.pocket.stages import ClipStage, UNetStage, VaeStage
 from ella_demo.pocket.world import export_clip, export_unet, export_vae
@@ -77,8 +77,19 @@ def train_model_stage(run: PocketRun) -> StageResult:
     result = run_stage(stage, run.settings)
     run.world.mkdir(parents=True, exist_ok=True)
     exported = {"vae": export_vae, "clip": export_clip, "unet": export_unet}[run.stage](stage, run.world)
-    _write_record(run, result, {"latent_scaling_factor": exported} if run.stage == "vae" else {})
+    _write_record(run, result, _measures(run, stage, exported))
     return result
+
+
+def _measures(run: PocketRun, stage, exported) -> dict:
+    """What a stage's record adds: the VAE's latent scale; how well the CLIP's text finds its picture on held-out
+    captions and on paraphrases (words it never saw)."""
+    if run.stage == "vae":
+        return {"latent_scaling_factor": exported}
+    if run.stage == "clip":
+        held_out = prompt_sets(run.settings.seed, {"seen": 256, "paraphrase": 256})
+        return {f"retrieval_top1_of_64_{name}": stage.retrieval_accuracy(group) for name, group in held_out.items()}
+    return {}
 
 
 def _write_record(run: PocketRun, result: StageResult, extra: dict) -> None:
