@@ -13,7 +13,8 @@ from ella_demo.inspect.figures import new_figure, plain_text
 SMOOTHING_WINDOW = 50
 
 
-def loss_curve_figure(steps: np.ndarray, losses: np.ndarray, title: str = "Connector training loss"):
+def loss_curve_figure(steps: np.ndarray, losses: np.ndarray, title: str = "Connector training loss",
+                      loss_label: str = "diffusion loss (MSE)"):  # fmt: skip
     """Per-step loss (faint) and its running mean over up to 50 steps, against the optimizer step.
 
     steps, losses: (S,) arrays in step order.
@@ -26,7 +27,7 @@ def loss_curve_figure(steps: np.ndarray, losses: np.ndarray, title: str = "Conne
         smoothed = np.convolve(losses, np.ones(window) / window, mode="valid")
         axes.plot(steps[window - 1 :], smoothed, color="tab:blue", linewidth=1.8, label=f"mean of {window} steps")
     axes.set_xlabel("optimizer step")
-    axes.set_ylabel("diffusion loss (MSE)")
+    axes.set_ylabel(loss_label)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(alpha=0.3)
     axes.legend(loc="upper right", fontsize=8)

@@ -67,6 +67,11 @@ class Stage(Protocol):
         """One step's scalar loss on a fresh batch, every draw from `rng` (data) and `generator` (noise)."""
 
 
+def stage_plot_labels(stage: Stage) -> dict[str, str]:
+    """The loss curve's title and axis label for a stage (its `loss_label`, else "loss")."""
+    return {"title": f"Pocket world: {stage.name} training loss", "loss_label": getattr(stage, "loss_label", "loss")}
+
+
 @dataclass(frozen=True)
 class StageResult:
     """steps: optimizer steps done in all; losses: this call's, one per step; wall_s: seconds in all runs;
@@ -102,7 +107,7 @@ def run_stage(stage: Stage, settings: StageSettings) -> StageResult:
         bar.set_postfix(loss=f"{loss:.4f}")
         if step % settings.checkpoint_every == 0 or step == settings.max_steps:
             _checkpoint(settings, recipe, step, modules, optimizer)
-            log.write_plot(settings.out / "loss.png")
+            log.write_plot(settings.out / "loss.png", **stage_plot_labels(stage))
     bar.close()
     logged = TrainLog.read(log.path)
     final_loss = float(logged[-1]["loss"]) if logged else None

@@ -50,6 +50,7 @@ class VaeStage:
     """AutoencoderKL trained to reconstruct pictures: MSE plus KL_WEIGHT x the KL to a unit Gaussian."""
 
     name = "vae"
+    loss_label = "reconstruction MSE + 1e-6 KL"
 
     def __init__(self, config: dict | None = None, seed: int = 0):
         with seeded(seed):
@@ -81,6 +82,7 @@ class ClipStage:
     """The pocket CLIP: transformers' CLIPModel (text and vision towers) trained contrastively on captioned pictures."""
 
     name = "clip"
+    loss_label = "contrastive loss (CLIP)"
 
     def __init__(self, tokenizer: CLIPTokenizer, text_config: dict | None = None, vision_config: dict | None = None,
                  seed: int = 0):  # fmt: skip
@@ -142,6 +144,7 @@ class UNetStage:
     """
 
     name = "unet"
+    loss_label = "diffusion loss (MSE)"
 
     def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
                  config: dict | None = None, seed: int = 0):  # fmt: skip

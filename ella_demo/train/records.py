@@ -42,12 +42,12 @@ class TrainLog:
         with path.open(newline="") as handle:
             return list(csv.DictReader(handle))
 
-    def write_plot(self, path: Path) -> None:
-        """The loss curve of every row so far, as a PNG."""
+    def write_plot(self, path: Path, **labels: str) -> None:
+        """The loss curve of every row so far, as a PNG; `labels`: loss_curve_figure's title and loss_label."""
         rows = self.read(self.path)
         steps = np.array([int(row["step"]) for row in rows])
         losses = np.array([float(row["loss"]) for row in rows])
-        path.write_bytes(to_png(loss_curve_figure(steps, losses)))
+        path.write_bytes(to_png(loss_curve_figure(steps, losses, **labels)))
 
 
 class Validator:
