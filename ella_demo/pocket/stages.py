@@ -38,12 +38,22 @@ def seeded(seed: int):
         yield
 
 
+def pictures_of(prompts: list[PocketPrompt]) -> torch.Tensor:
+    """(B, 3, 64, 64) float renders in [-1, 1] of the prompts' scenes."""
+    pixels = np.stack([render_array(prompt.scene) for prompt in prompts])
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def clip_input_ids(tokenizer: CLIPTokenizer, texts: list[str]) -> torch.Tensor:
+    """(B, 77) token ids, padded and truncated to CLIP's length, as the pocket CLIP trains and encodes."""
+    return tokenizer(texts, padding="max_length", max_length=CLIP_MAX_LENGTH, truncation=True,
+                     return_tensors="pt").input_ids  # fmt: skip
+
+
 def training_batch(batch_size: int, rng: np.random.Generator) -> tuple[torch.Tensor, list[PocketPrompt]]:
     """(B, 3, 64, 64) float pictures in [-1, 1] of fresh training scenes, and their captions."""
     prompts = [training_example(rng) for _ in range(batch_size)]
-    pixels = np.stack([render_array(prompt.scene) for prompt in prompts])
-    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    return images, prompts
+    return pictures_of(prompts), prompts
 
 
 class VaeStage:
@@ -102,9 +112,8 @@ class ClipStage:
 
     def loss(self, batch_size: int, rng: np.random.Generator, generator: torch.Generator) -> torch.Tensor:
         images, prompts = training_batch(batch_size, rng)
-        tokens = self.tokenizer([prompt.text for prompt in prompts], padding="max_length",
-                                max_length=CLIP_MAX_LENGTH, truncation=True, return_tensors="pt")  # fmt: skip
-        return self.model(input_ids=tokens.input_ids, pixel_values=images, return_loss=True).loss
+        input_ids = clip_input_ids(self.tokenizer, [prompt.text for prompt in prompts])
+        return self.model(input_ids=input_ids, pixel_values=images, return_loss=True).loss
 
     @torch.no_grad()
     def retrieval_accuracy(self, prompts: list[PocketPrompt], group: int = 64) -> float:
@@ -113,11 +122,8 @@ class ClipStage:
         hits = []
         for start in range(0, len(prompts) - group + 1, group):
             chosen = prompts[start : start + group]
-            pixels = np.stack([render_array(prompt.scene) for prompt in chosen])
-            images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-            tokens = self.tokenizer([prompt.text for prompt in chosen], padding="max_length",
-                                    max_length=CLIP_MAX_LENGTH, truncation=True, return_tensors="pt")  # fmt: skip
-            logits = self.model(input_ids=tokens.input_ids, pixel_values=images).logits_per_text
+            input_ids = clip_input_ids(self.tokenizer, [prompt.text for prompt in chosen])
+            logits = self.model(input_ids=input_ids, pixel_values=pictures_of(chosen)).logits_per_text
             hits.append((logits.argmax(dim=1) == torch.arange(len(chosen))).float().mean().item())
         self.model.train()
         return float(np.mean(hits))
@@ -168,9 +174,7 @@ class UNetStage:
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """(B, 77, width) last hidden states of the frozen pocket CLIP."""
-        tokens = self.tokenizer(texts, padding="max_length", max_length=CLIP_MAX_LENGTH, truncation=True,
-                                return_tensors="pt")  # fmt: skip
-        return self.text_encoder(tokens.input_ids).last_hidden_state
+        return self.text_encoder(clip_input_ids(self.tokenizer, texts)).last_hidden_state
 
     def loss(self, batch_size: int, rng: np.random.Generator, generator: torch.Generator) -> torch.Tensor:
         images, prompts = training_batch(batch_size, rng)
