@@ -1,7 +1,8 @@
 """ELLA Explorer: compare SD1.5 with CLIP and with ELLA in the browser, and look inside the connector.
 
 `python app.py` loads the real models (downloads on first run) and serves on 127.0.0.1:7860;
-`python app.py --preset tiny` runs without weights. See `--help` for model paths and serving flags.
+`python app.py --preset pocket` runs offline on the small world this project trained (shipped in the
+package). See `--help` for model paths and serving flags.
 """
 
 from __future__ import annotations

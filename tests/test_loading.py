@@ -482,7 +482,7 @@ def test_offline_with_an_empty_cache_names_every_missing_file(tmp_path):
     message = str(raised.value)
     for expected in (ELLA_FILENAME, f"{T5_SUBFOLDER}/*.safetensors", "unet/diffusion_pytorch_model.safetensors"):
         assert expected in message
-    assert "--preset tiny" in message and "--sd15 / --ella / --t5 PATH" in message
+    assert "--preset pocket" in message and "--sd15 / --ella / --t5 PATH" in message
 
 
 def test_unreachable_hub_fails_within_seconds_and_names_the_files(tmp_path):

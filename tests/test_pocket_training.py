@@ -62,13 +62,13 @@ def test_a_stopped_stage_resumes_to_the_same_losses_and_weights(stage, pocket_wo
 def test_the_connector_stage_trains_on_the_world_and_the_pocket_preset_loads_it(pocket_world, tmp_path):
     world = copy_world(pocket_world, tmp_path / "world", ("vae", "text_encoder", "tokenizer", "unet", "scheduler",
                                                            "model_index.json"))  # fmt: skip
-    data = ConnectorData(tmp_path / "scenes", 12)
+    data = ConnectorData(tmp_path / "scenes", 12, cache=tmp_path / "cache")  # as the CLI trains it
     settings = StageSettings(out=tmp_path / "runs" / "connector", max_steps=2, batch_size=2, learning_rate=1e-4,
                              checkpoint_every=1, progress=False)  # fmt: skip
     first = train_connector_stage(world, data, settings)
     resumed = train_connector_stage(world, data, replace(settings, max_steps=3, resume=True))
     assert first.steps == 2 and resumed.steps == 3
-    assert len((data.folder / "metadata.jsonl").read_text().splitlines()) == 12
+    assert len((data.folder / "metadata.jsonl").read_text().splitlines()) == 12 and any(data.cache.iterdir())
     models = load_models("pocket", sd15=str(world))
     assert models.ella.config.input_dim == 384 and models.ella.config.width == 32  # MiniLM in, the UNet's width out
     assert models.sources["t5"] == str(minilm_folder()) and not models.random_weights
@@ -103,11 +103,19 @@ def test_a_stage_resumes_in_another_process(tmp_path):
 
     command = [sys.executable, "-m", "ella_demo", "pocket", "train", "vae", "--world", str(tmp_path / "world"),
                "--runs", str(tmp_path / "runs"), "--batch-size", "2", "--checkpoint-every", "1"]  # fmt: skip
-    for extra, seed in ((["--max-steps", "1"], "1"), (["--max-steps", "2", "--resume"], "2")):
+    resumed = ["--max-steps", "2", "--learning-rate", "2e-4", "--resume"]  # a resume may lower the rate
+    for extra, seed in ((["--max-steps", "1"], "1"), (resumed, "2")):
         done = subprocess.run(command + extra, capture_output=True, text=True, timeout=300,
                               env={**os.environ, "PYTHONHASHSEED": seed})  # fmt: skip
         assert done.returncode == 0, done.stderr[-2000:]
     assert "vae: 2 steps" in done.stdout
+    log = (tmp_path / "runs" / "vae" / "train_log.csv").read_text().splitlines()
+    rates = [float(row.split(",")[log[0].split(",").index("lr")]) for row in log[1:]]
+    assert rates == [1e-3, 2e-4]
+    # The record keeps both command lines: the first run's and the resume's.
+    commands = json.loads((tmp_path / "runs" / "vae" / "record.json").read_text())["commands"]
+    assert [command.split()[-1] for command in commands] == ["1", "--resume"]
+    assert all(command.startswith("python -m ella_demo pocket train vae --world ") for command in commands)
 
 
 def test_shipping_copies_the_world_with_checksums_that_loading_checks(pocket_world, tmp_path):
@@ -121,6 +129,7 @@ def test_shipping_copies_the_world_with_checksums_that_loading_checks(pocket_wor
         record["sha256"])  # fmt: skip
     assert len((shipped / "SHA256SUMS").read_text().splitlines()) == len(record["sha256"])
     assert record["stages"]["unet"]["steps"] == 3 and (tmp_path / "record" / "vae" / "loss.png").is_file()
+    assert record["stages"]["connector"]["steps"] == 2 and record["stages"]["connector"]["scenes"] == 8
     assert load_models("pocket", sd15=str(shipped)).preset == "pocket"
     again = ship_world(shipped, runs, shipped, tmp_path / "record")  # the package's own world: checksums only
     assert again["sha256"] == record["sha256"]

@@ -6,6 +6,7 @@ arguments.py holds what every command (and app.py) shares; each command lives in
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from ella_demo.cli.arguments import DPG_FLAGS, FLAGS, USER_ERRORS, describe_error
@@ -31,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; a user error is printed as `error: ...` with exit status 2."""
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["python", "-m", "ella_demo", *argv])  # for training records
     handlers = {"generate": run_generate, "probe": run_probe, "dpg": run_dpg, "bench": run_bench, "train": run_train,
                 "pocket": run_pocket}  # fmt: skip
     handler = handlers[args.command]

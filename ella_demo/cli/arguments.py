@@ -53,7 +53,12 @@ def describe_error(error: ExplorerError, flags: Mapping[str, str] = FLAGS) -> st
 def add_model_arguments(parser: argparse.ArgumentParser, default_preset: str = "sd15") -> None:
     """The model-choice flags shared by app.py and every subcommand."""
     group = parser.add_argument_group("models")
-    group.add_argument("--preset", choices=PRESETS, default=default_preset, help="sd15 = real weights")
+    group.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default=default_preset,
+        help="sd15 = real weights (downloaded); pocket = the small world trained by this project, shipped, offline",
+    )
     group.add_argument("--sd15", help="SD1.5 hub id, diffusers folder, or single .safetensors file")
     group.add_argument(
         "--ella",

@@ -96,10 +96,10 @@ def run_pocket(args: argparse.Namespace) -> int:
         keep_checkpoints=args.keep_checkpoints, resume=args.resume,
     )  # fmt: skip
     if args.stage == "connector":
-        data = ConnectorData(args.runs / "connector_scenes", args.connector_scenes)
-        result = train_connector_stage(args.world, data, settings)
+        data = ConnectorData(args.runs / "connector_scenes", args.connector_scenes, args.runs / "connector_cache")
+        result = train_connector_stage(args.world, data, settings, command=args.command_line)
     else:
-        result = train_model_stage(PocketRun(args.stage, args.world, args.runs, settings))
+        result = train_model_stage(PocketRun(args.stage, args.world, args.runs, settings, command=args.command_line))
     print(f"{args.stage}: {result.steps} steps, {result.wall_s:.0f} s in all; model in {args.world}, "
           f"run in {settings.out}")  # fmt: skip
     return 0

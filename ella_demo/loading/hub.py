@@ -38,7 +38,8 @@ class MissingFilesError(ModelSourceError):
 OFFLINE_ADVICE = (
     "They are neither in the local hub cache nor downloadable right now. Either connect to the hub "
     "once so the files are cached, point at local copies (--sd15 / --ella / --t5 PATH, or the sd15=, "
-    "ella=, t5= arguments of load_models), or try the app without weights: --preset tiny."
+    "ella=, t5= arguments of load_models), or run without downloads: --preset pocket (a small world "
+    "of shapes whose models this project trained, shipped in the package)."
 )
 
 

@@ -69,8 +69,7 @@ def _write_record(runs: Path, record: Path, hashes: dict[str, str], weights: int
         for name in RECORD_FILES:
             if (source / name).is_file():
                 shutil.copyfile(source / name, record / stage / name)
-        record_file = source / ("record.json" if stage != "connector" else "train_summary.json")
-        stages[stage] = json.loads(record_file.read_text()) if record_file.is_file() else None
+        stages[stage] = json.loads((source / "record.json").read_text()) if (source / "record.json").is_file() else None
     gathered = {"stages": stages, "weights_bytes": weights, "sha256": hashes}
     (record / "record.json").write_text(json.dumps(gathered, indent=2) + "\n")
     return gathered

@@ -3,7 +3,8 @@
 A stage (stages.py) owns its models and says what one step's loss is; this module does the rest, the
 same way for each: every random draw of step k comes from generators seeded with (seed, k), so a run
 stopped after a checkpoint and resumed with `resume=True` repeats the uninterrupted run's losses and
-weights exactly. Checkpoints are the connector training's (train/checkpoints.py): safetensors only,
+weights exactly. A resume may change the learning rate (a schedule set by hand: train_log.csv records
+the rate of every step). Checkpoints are the connector training's (train/checkpoints.py): safetensors only,
 written whole or not at all, the newest `keep_checkpoints` kept.
 """
 
@@ -128,9 +129,10 @@ def _check(settings: StageSettings) -> None:
 
 
 def _settings_recipe(settings: StageSettings) -> dict:
-    """The settings a resumed run must share (max_steps may grow, and progress is cosmetic)."""
+    """The settings a resumed run must share (max_steps may grow, the learning rate may change, and progress is
+    cosmetic)."""
     kept = asdict(settings)
-    for name in ("out", "max_steps", "resume", "progress", "checkpoint_every", "keep_checkpoints"):
+    for name in ("out", "max_steps", "learning_rate", "resume", "progress", "checkpoint_every", "keep_checkpoints"):
         kept.pop(name)
     return kept
 
@@ -165,6 +167,8 @@ def _resume(settings: StageSettings, recipe: dict, modules: dict, optimizer: tor
         tensors, _ = read_safetensors(folder / f"{name}.safetensors")
         module.load_state_dict(tensors, strict=True)
     load_optimizer_state(optimizer, folder / "optimizer.safetensors")
+    for group in optimizer.param_groups:  # the checkpoint's rate gives way to this run's
+        group["lr"] = settings.learning_rate
     if state.step > settings.max_steps:
         raise ResumeError(f"{folder} is at step {state.step}, past --max-steps {settings.max_steps}: raise it.")
     return state.step

@@ -35,7 +35,7 @@ class StageDefaults:
 STAGE_DEFAULTS = {
     "vae": StageDefaults(max_steps=2500, batch_size=16, learning_rate=1e-3),
     "clip": StageDefaults(max_steps=2000, batch_size=64, learning_rate=5e-4),
-    "unet": StageDefaults(max_steps=3000, batch_size=32, learning_rate=5e-4),
+    "unet": StageDefaults(max_steps=4500, batch_size=32, learning_rate=5e-4),  # then 1,500 at 1e-4: README
     "connector": StageDefaults(max_steps=4000, batch_size=32, learning_rate=1e-4),
 }
 
@@ -49,6 +49,7 @@ class PocketRun:
     runs: Path
     settings: StageSettings
     configs: dict | None = None
+    command: str | None = None  # the command line that ran it, kept in the stage's record
 
 
 def stage_settings(stage: str, runs: Path, **overrides) -> StageSettings:
@@ -77,7 +78,7 @@ def train_model_stage(run: PocketRun) -> StageResult:
     result = run_stage(stage, run.settings)
     run.world.mkdir(parents=True, exist_ok=True)
     exported = {"vae": export_vae, "clip": export_clip, "unet": export_unet}[run.stage](stage, run.world)
-    _write_record(run, result, _measures(run, stage, exported))
+    write_stage_record(run, result.steps, result.wall_s, result.final_loss, _measures(run, stage, exported))
     return result
 
 
@@ -92,17 +93,21 @@ def _measures(run: PocketRun, stage, exported) -> dict:
     return {}
 
 
-def _write_record(run: PocketRun, result: StageResult, extra: dict) -> None:
-    """`<runs>/<stage>/record.json`: the settings, steps, wall time, device and final loss of the stage."""
+def write_stage_record(run: PocketRun, steps: int, wall_s: float, last_loss: float | None, extra: dict) -> None:
+    """`<runs>/<stage>/record.json`: the settings, steps, wall time, device and final loss of the stage, and every
+    command line that trained it (a resumed run adds its own to those of the runs before)."""
+    path = run.settings.out / "record.json"
+    commands = json.loads(path.read_text()).get("commands", []) if path.is_file() else []
     settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(run.settings).items()}
     record = {
         "stage": run.stage,
         "settings": settings,
-        "steps": result.steps,
-        "wall_s": result.wall_s,
-        "last_loss": result.final_loss,
+        "steps": steps,
+        "wall_s": wall_s,
+        "last_loss": last_loss,
         "device": f"cpu, {torch.get_num_threads()} torch threads, {platform.machine()}",
         "torch": torch.__version__,
+        "commands": commands + ([run.command] if run.command else []),
         **extra,
     }
-    (run.settings.out / "record.json").write_text(json.dumps(record, indent=2) + "\n")
+    path.write_text(json.dumps(record, indent=2) + "\n")
