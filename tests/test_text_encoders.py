@@ -14,7 +14,8 @@ from ella_demo.core.text_encoding import (
     group_words,
     wordpiece_continuation,
 )
-from ella_demo.loading.toy_tokenizers import build_clip_tokenizer, build_t5_tokenizer
+from ella_demo.loading.toy_tokenizers import build_clip_tokenizer, build_t5_tokenizer, vocabulary_words
+from ella_demo.pocket.captions import training_vocabulary
 
 PROMPT = "A red cat sitting on a blue chair next to a tall green lamp, watercolor style."
 
@@ -192,6 +193,14 @@ def test_in_process_tokenizers_know_vocabulary_words_whole():
     t5 = build_t5_tokenizer()
     assert t5.tokenize("A red cat on a blue chair") == ["▁A", "▁red", "▁cat", "▁on", "▁a", "▁blue", "▁chair"]
     assert build_clip_tokenizer().tokenize("red blue") == ["red</w>", "blue</w>"]
+
+
+@pytest.mark.parametrize("words", [None, sorted(training_vocabulary())], ids=["word list", "pocket captions"])
+def test_every_word_a_clip_tokenizer_is_fitted_to_is_one_token(words):
+    """Merges added for one word must not split another ("are" once broke "large" into l, ar, g, e)."""
+    tokenizer = build_clip_tokenizer(words)
+    for word in vocabulary_words() if words is None else words:
+        assert tokenizer.tokenize(word) == [word + "</w>"], word
 
 
 def test_encodings_carry_each_tokens_span_of_the_prompt(tiny):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import cache
 from importlib import resources
+from itertools import pairwise
 
 from tokenizers import pre_tokenizers
 from transformers import CLIPTokenizer, T5Tokenizer
@@ -43,28 +44,33 @@ def build_clip_tokenizer(words: Iterable[str] | None = None) -> CLIPTokenizer:
     for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
         for token in (symbol, symbol + "</w>"):
             vocab.setdefault(token, len(vocab))
-    merges: list[tuple[str, str]] = []
-    seen: set[tuple[str, str]] = set()
+    ranks: dict[tuple[str, str], int] = {}
     for word in vocabulary_words() if words is None else words:
-        # Merge each word left to right: w,o -> wo; wo,r -> wor; wor,d</w> -> word</w>.
-        prefix = word[0]
-        for position, char in enumerate(word[1:], start=2):
-            piece = char + ("</w>" if position == len(word) else "")
-            pair = (prefix, piece)
-            prefix = prefix + piece
-            if pair not in seen:
-                seen.add(pair)
-                merges.append(pair)
-                vocab.setdefault(prefix, len(vocab))
+        # Join the pieces the merges so far leave of the word, left to right, until it is one token; each new
+        # merge ranks after every earlier one, so no later word can split an earlier word again.
+        while len(pieces := _bpe_pieces(word, ranks)) > 1:
+            ranks[(pieces[0], pieces[1])] = len(ranks)
+            vocab.setdefault(pieces[0] + pieces[1], len(vocab))
     return CLIPTokenizer(
         vocab=vocab,
-        merges=merges,
+        merges=list(ranks),
         unk_token=eos,
         bos_token=bos,
         eos_token=eos,
         pad_token=eos,
         model_max_length=CLIP_MAX_LENGTH,
     )
+
+
+def _bpe_pieces(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
+    """The tokens byte-level BPE makes of `word` with the merges `ranks` (pair -> rank, lower first)."""
+    pieces = [*word[:-1], word[-1] + "</w>"]
+    while len(pieces) > 1:
+        rank, index = min((ranks.get(pair, len(ranks)), index) for index, pair in enumerate(pairwise(pieces)))
+        if rank == len(ranks):
+            break
+        pieces[index : index + 2] = [pieces[index] + pieces[index + 1]]
+    return pieces
 
 
 def build_t5_tokenizer() -> T5Tokenizer:
