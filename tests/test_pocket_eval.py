@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from ella_demo.cli import main
+from ella_demo.dpg.browse import item_view, list_items
 from ella_demo.dpg.data import load_bench
 from ella_demo.dpg.generation import make_grid
 from ella_demo.loading.models import load_models
@@ -55,6 +56,10 @@ def test_evaluate_writes_every_set_for_both_sides(pocket_models, tmp_path):
     ceiling = summary["vae_round_trip"]  # a barely trained toy VAE: far below the detector's 100% on renders
     assert ceiling["scenes"] == 300 and 0.0 <= ceiling["overall"]["all"] < 0.98
     assert Image.open(tmp_path / "scores.png").size[0] > 1000
+    # Each set's folder is a DPG results folder: the app's DPG-Bench tab browses it (--dpg-results).
+    view = item_view(tmp_path / "seen", list_items(tmp_path / "seen")[0])
+    assert view["grids"].keys() == {"clip", "ella"} and view["prompt"] == prompt_sets(0, {"seen": 2})["seen"][0].text
+    assert "✓" in view["table"] or "✗" in view["table"]
 
 
 def test_a_map_peak_hits_a_mask_only_on_the_mask_and_chance_is_the_masked_share():

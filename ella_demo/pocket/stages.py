@@ -168,7 +168,7 @@ class UNetStage:
         return {"unet": self.unet}
 
     def recipe(self) -> dict:
-        return {"config": self.config, "caption_dropout": CAPTION_DROPOUT,
+        return {"config": self.config, "caption_dropout": CAPTION_DROPOUT, "scheduler": scheduler_config(),
                 "scaling_factor": self.vae.config.scaling_factor}  # fmt: skip
 
     @torch.no_grad()
