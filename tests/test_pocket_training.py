@@ -36,6 +36,7 @@ def test_each_model_stage_exports_its_part_and_the_world_is_an_sd_folder(pocket_
     assert (toy_world.parent / "runs" / "unet" / "loss.png").stat().st_size > 1000
     clip = json.loads((toy_world.parent / "runs" / "clip" / "record.json").read_text())
     assert 0.0 <= clip["retrieval_top1_of_64_seen"] <= 1.0 and 0.0 <= clip["retrieval_top1_of_64_paraphrase"] <= 1.0
+    assert all(0.0 <= clip[f"prefers_own_caption_to_one_{kind}_swapped"] <= 1.0 for kind in ("shape", "colour"))
     # The weights are written in float16, to keep the shipped world small.
     unet_weights = state_of(toy_world / "unet")["diffusion_pytorch_model.safetensors"]
     assert all(tensor.dtype == torch.float16 for tensor in unet_weights.values())

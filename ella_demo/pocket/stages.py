@@ -128,6 +128,25 @@ class ClipStage:
         self.model.train()
         return float(np.mean(hits))
 
+    @torch.no_grad()
+    def swap_preference(self, prompts: list[PocketPrompt], names: tuple[str, ...]) -> float:
+        """How often a picture scores its own caption above the same caption with its first word from `names`
+        replaced by the next name (circle -> square; chance 0.5): does the text tower tell those words apart?"""
+        self.model.eval()
+        wins = []
+        for prompt in prompts:
+            words = prompt.text.split(" ")
+            found = next((i for i, word in enumerate(words) if word.strip(",.:;") in names), None)
+            if found is None:
+                continue
+            name = words[found].strip(",.:;")
+            words[found] = words[found].replace(name, names[(names.index(name) + 1) % len(names)])
+            input_ids = clip_input_ids(self.tokenizer, [prompt.text, " ".join(words)])
+            logits = self.model(input_ids=input_ids, pixel_values=pictures_of([prompt])).logits_per_image[0]
+            wins.append(float(logits[0] > logits[1]))
+        self.model.train()
+        return float(np.mean(wins))
+
     def text_model(self) -> CLIPTextModel:
         """The text tower alone, as a CLIPTextModel (what SD's `text_encoder/` folder holds)."""
         text = CLIPTextModel(self.model.config.text_config)

@@ -20,6 +20,7 @@ from ella_demo.loading.toy_tokenizers import build_clip_tokenizer
 from ella_demo.pocket.captions import prompt_sets, training_vocabulary
 from ella_demo.pocket.stage_runner import StageResult, StageSettings, run_stage
 from ella_demo.pocket.stages import ClipStage, UNetStage, VaeStage
+from ella_demo.pocket.vocabulary import COLOURS, SHAPES
 from ella_demo.pocket.world import export_clip, export_unet, export_vae
 
 STAGES = ("vae", "clip", "unet", "connector")
@@ -84,12 +85,16 @@ def train_model_stage(run: PocketRun) -> StageResult:
 
 def _measures(run: PocketRun, stage, exported) -> dict:
     """What a stage's record adds: the VAE's latent scale; how well the CLIP's text finds its picture on held-out
-    captions and on paraphrases (words it never saw)."""
+    captions and on paraphrases (words it never saw), and how often a picture prefers its caption to the caption
+    with one shape (or colour) word swapped."""
     if run.stage == "vae":
         return {"latent_scaling_factor": exported}
     if run.stage == "clip":
         held_out = prompt_sets(run.settings.seed, {"seen": 256, "paraphrase": 256})
-        return {f"retrieval_top1_of_64_{name}": stage.retrieval_accuracy(group) for name, group in held_out.items()}
+        swaps = {f"prefers_own_caption_to_one_{kind}_swapped": stage.swap_preference(held_out["seen"], names)
+                 for kind, names in (("shape", SHAPES), ("colour", tuple(COLOURS)))}  # fmt: skip
+        return swaps | {f"retrieval_top1_of_64_{name}": stage.retrieval_accuracy(group) for name, group in
+                        held_out.items()}  # fmt: skip
     return {}
 
 
