@@ -131,21 +131,24 @@ class ClipStage:
     @torch.no_grad()
     def swap_preference(self, prompts: list[PocketPrompt], names: tuple[str, ...]) -> float:
         """How often a picture scores its own caption above the same caption with its first word from `names`
-        replaced by the next name (circle -> square; chance 0.5): does the text tower tell those words apart?"""
-        self.model.eval()
-        wins = []
+        replaced by the next name (circle -> square; chance 0.5): does the text tower tell those words apart?
+
+        Prompts without such a word are skipped; all pairs go through the model in one batch."""
+        chosen, captions = [], []
         for prompt in prompts:
             words = prompt.text.split(" ")
             found = next((i for i, word in enumerate(words) if word.strip(",.:;") in names), None)
-            if found is None:
-                continue
-            name = words[found].strip(",.:;")
-            words[found] = words[found].replace(name, names[(names.index(name) + 1) % len(names)])
-            input_ids = clip_input_ids(self.tokenizer, [prompt.text, " ".join(words)])
-            logits = self.model(input_ids=input_ids, pixel_values=pictures_of([prompt])).logits_per_image[0]
-            wins.append(float(logits[0] > logits[1]))
+            if found is not None:
+                name = words[found].strip(",.:;")
+                words[found] = words[found].replace(name, names[(names.index(name) + 1) % len(names)])
+                chosen.append(prompt)
+                captions += [prompt.text, " ".join(words)]  # own caption at 2i, swapped at 2i + 1
+        self.model.eval()
+        logits = self.model(input_ids=clip_input_ids(self.tokenizer, captions),
+                            pixel_values=pictures_of(chosen)).logits_per_image  # fmt: skip
         self.model.train()
-        return float(np.mean(wins))
+        rows = torch.arange(len(chosen))
+        return float((logits[rows, 2 * rows] > logits[rows, 2 * rows + 1]).float().mean())
 
     def text_model(self) -> CLIPTextModel:
         """The text tower alone, as a CLIPTextModel (what SD's `text_encoder/` folder holds)."""
