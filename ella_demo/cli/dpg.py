@@ -156,7 +156,11 @@ def _dpg_generate(args: argparse.Namespace) -> int:
             shard_of=(state.process_index, state.num_processes),
             progress=lambda item, made: bar.update(1),
         )
-    print(f"process {state.process_index}: generated {counts['generated']}, skipped {counts['skipped']} (already done)")
+    generated, skipped = counts["generated"], counts["skipped"]
+    report = f"process {state.process_index}: generated {generated}, skipped {skipped} (already done)"
+    # one write of the whole line: the processes share stdout, and print's separate newline write can interleave
+    sys.stdout.write(report + "\n")
+    sys.stdout.flush()
     return 0
 
 
