@@ -16,13 +16,14 @@ from ella_demo.pocket.captions import (
     describe,
     prompt_sets,
     training_example,
+    training_example_with_shape_negative,
     training_rng,
     training_vocabulary,
     words_of,
 )
 from ella_demo.pocket.queries import RELATION_PHRASES, Query, QueryError, parse_question, plural_of, question_text
 from ella_demo.pocket.questions import question_graph, question_rows, write_dpg_folder
-from ella_demo.pocket.scenes import Entity, Scene, sample_scene
+from ella_demo.pocket.scenes import Entity, Scene, sample_scene, shape_swapped
 from ella_demo.pocket.vocabulary import (
     BACKGROUNDS,
     COLOURS,
@@ -181,6 +182,43 @@ def test_only_the_unseen_combinations_set_holds_held_out_pairs(training_captions
     for prompt in sets["seen"] + sets["unseen_combinations"]:
         assert not prompt.paraphrased and set(words_of(prompt.text)) <= vocabulary
     assert all(prompt.paraphrased for prompt in sets["paraphrase"])
+
+
+def test_a_shape_negative_differs_from_its_caption_in_shape_words_only():
+    rng = training_rng(3)
+    shape_words = set(SHAPES) | {plural_of(shape) for shape in SHAPES}
+    traded = 0
+    for _ in range(300):
+        caption, negative = training_example_with_shape_negative(rng)
+        ours, theirs = words_of(caption.text), words_of(negative.text)
+        assert len(ours) == len(theirs)
+        changed = [(mine, other) for mine, other in zip(ours, theirs, strict=True) if mine != other]
+        assert changed and all(mine in shape_words and other in shape_words for mine, other in changed)
+        assert not held_out_pairs_of(caption.scene) and not held_out_pairs_of(negative.scene)
+        before, after = caption.scene.entities, negative.scene.entities
+        assert [(e.colour, e.size, e.centres) for e in before] == [(e.colour, e.size, e.centres) for e in after]
+        moved = sum(old.shape != new.shape for old, new in zip(before, after, strict=True))
+        assert moved in (1, 2)
+        traded += moved == 2
+    assert 30 < traded < 270  # both kinds of change occur: a new shape, and two entities trading shapes
+
+
+def test_no_shape_negative_where_every_change_would_make_a_held_out_pair_or_change_nothing():
+    colour, free_shape = HELD_OUT_PAIRS[0]
+    others = [shape for shape in SHAPES if shape != free_shape]  # three shapes: the held-out one is the only free one
+
+    def shapes_after_swaps(sizes: list[str], seeds: int = 20) -> set[tuple[str, ...]] | None:
+        centres = [((10 + 20 * i, 10),) for i in range(3)]
+        scene = Scene("white", "filled", tuple(map(Entity, others, [colour] * 3, sizes, centres)), ())
+        swaps = [shape_swapped(scene, np.random.default_rng(seed)) for seed in range(seeds)]
+        return None if None in swaps else {tuple(entity.shape for entity in swap.entities) for swap in swaps}
+
+    assert shapes_after_swaps(["small"] * 3) is None
+    # the middle entity larger: trading shapes with it changes the scene; the two small ones still may not trade
+    assert shapes_after_swaps(["small", "large", "small"]) == {
+        (others[1], others[0], others[2]),
+        (others[0], others[2], others[1]),
+    }
 
 
 def expected_question_count(prompt: PocketPrompt) -> int:

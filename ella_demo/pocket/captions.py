@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ella_demo.pocket.queries import RELATION_PHRASES, plural_of
-from ella_demo.pocket.scenes import Entity, Relation, Scene, sample_scene
+from ella_demo.pocket.scenes import Entity, Relation, Scene, sample_scene, shape_swapped
 from ella_demo.pocket.vocabulary import BACKGROUNDS, COLOURS, COUNT_WORDS, PARAPHRASES, SHAPES, SIZES, STYLES
 
 TRAINING_STREAM = 0
@@ -104,6 +104,17 @@ def training_rng(seed: int) -> np.random.Generator:
 def training_example(rng: np.random.Generator) -> PocketPrompt:
     """A training caption: a scene of the training distribution (no held-out pair), in training words."""
     return describe(sample_scene(rng, held_out=False), rng)
+
+
+def training_example_with_shape_negative(rng: np.random.Generator) -> tuple[PocketPrompt, PocketPrompt]:
+    """A training caption, and the caption of its scene with one shape changed (scenes.shape_swapped) in the same
+    wording: the two texts differ only in shape words, so only a text tower that reads shapes tells them apart."""
+    negative = None
+    while negative is None:  # the rare scene with no qualifying shape change is drawn again
+        scene = sample_scene(rng, held_out=False)
+        negative = shape_swapped(scene, rng)
+    wording_seed = int(rng.integers(2**63))
+    return describe(scene, np.random.default_rng(wording_seed)), describe(negative, np.random.default_rng(wording_seed))
 
 
 def prompt_sets(seed: int, sizes: Mapping[str, int]) -> dict[str, list[PocketPrompt]]:

@@ -9,7 +9,7 @@ that a detector reading the picture agrees with them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -108,6 +108,31 @@ def sample_scene(rng: np.random.Generator, held_out: bool = False, max_entities:
     background = str(rng.choice(list(BACKGROUNDS)))
     style = str(rng.choice(STYLES))
     return Scene(background, style, entities, relations)
+
+
+def shape_swapped(scene: Scene, rng: np.random.Generator) -> Scene | None:
+    """The scene with one shape changed and nothing else: one entity takes a shape no other entity has, or two
+    entities trade shapes ("red circle, blue square" -> "red square, blue circle"). Never makes a HELD_OUT_PAIRS
+    (colour, shape). Positions, and so relations, stay: a caption of it drawn with the same random state differs
+    from the scene's only in shape words (a hard negative for the pocket CLIP). None where no change qualifies
+    (e.g. three small purple circles, squares and crosses: the free triangle would make a held-out pair)."""
+    shapes = [entity.shape for entity in scene.entities]
+    options = [{index: shape} for index in range(len(shapes)) for shape in SHAPES if shape not in shapes]
+    # Trading shapes changes the scene's meaning only between entities that differ in something but shape.
+    looks = [(entity.colour, entity.size, entity.count) for entity in scene.entities]
+    options += [{first: shapes[second], second: shapes[first]}
+                for first in range(len(shapes)) for second in range(first + 1, len(shapes))
+                if looks[first] != looks[second]]  # fmt: skip
+    colours = [entity.colour for entity in scene.entities]
+    allowed = [option for option in options
+               if all((colours[index], shape) not in HELD_OUT_PAIRS for index, shape in option.items())]  # fmt: skip
+    if not allowed:
+        return None
+    changes = allowed[int(rng.integers(len(allowed)))]
+    entities = tuple(
+        replace(entity, shape=changes.get(index, entity.shape)) for index, entity in enumerate(scene.entities)
+    )
+    return replace(scene, entities=entities)
 
 
 def _placed_entities(kinds: list[tuple[str, str, str, int]], rng: np.random.Generator) -> tuple[Entity, ...] | None:
