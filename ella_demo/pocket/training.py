@@ -36,7 +36,7 @@ class StageDefaults:
 STAGE_DEFAULTS = {
     "vae": StageDefaults(max_steps=2500, batch_size=16, learning_rate=1e-3),
     "clip": StageDefaults(max_steps=2000, batch_size=64, learning_rate=5e-4),
-    "unet": StageDefaults(max_steps=4500, batch_size=32, learning_rate=5e-4),  # then 1,500 at 1e-4: README
+    "unet": StageDefaults(max_steps=4500, batch_size=32, learning_rate=5e-4),  # then to 7,000 at 1e-4: README
     "connector": StageDefaults(max_steps=3000, batch_size=32, learning_rate=3e-4),
 }
 
