@@ -6,17 +6,21 @@ import json
 import os
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+from diffusers import DDPMScheduler
 from tests_support import copy_world, train_toy_stage
 
 from ella_demo.cli import main
+from ella_demo.core.errors import InputError
 from ella_demo.loading.models import load_models
 from ella_demo.loading.pocket import minilm_folder
 from ella_demo.pocket.connector_stage import ConnectorData, train_connector_stage
 from ella_demo.pocket.stage_runner import StageSettings
 from ella_demo.train.checkpoints import ResumeError
+from ella_demo.train.objective import LossInputs, LossOptions, diffusion_loss
 
 
 def state_of(folder: Path) -> dict[str, torch.Tensor]:
@@ -83,6 +87,35 @@ def models_generate(models):
     return generate(models, "a red circle", num_inference_steps=2, height=64, width=64)
 
 
+def test_the_unet_stage_resumes_into_a_phase_on_a_range_of_timesteps(pocket_world, tmp_path):
+    """A resume may narrow the timesteps (like the learning rate): the run continues, on other draws."""
+    world = copy_world(pocket_world, tmp_path / "world", ("vae", "text_encoder", "tokenizer"))
+    whole = train_toy_stage("unet", tmp_path / "whole", world, max_steps=4)
+    train_toy_stage("unet", tmp_path / "split", world, max_steps=2)
+    phase = train_toy_stage("unet", tmp_path / "split", world, max_steps=4, resume=True, timesteps=(990, 1000))
+    assert phase.steps == 4 and phase.losses != whole.losses[2:]
+    with pytest.raises(InputError, match="the vae stage has none"):
+        train_toy_stage("vae", tmp_path / "vae", world, max_steps=1, timesteps=(990, 1000))
+
+
+def test_diffusion_loss_draws_timesteps_from_the_range_given():
+    seen = []
+
+    class RecordingUNet(torch.nn.Module):
+        dtype = torch.float32
+
+        def forward(self, sample, timesteps, encoder_hidden_states):
+            seen.append(timesteps)
+            return SimpleNamespace(sample=torch.zeros_like(sample))
+
+    inputs = LossInputs(torch.zeros(256, 4, 2, 2), torch.zeros(256, 3, 8), None, torch.zeros(1, 3, 8), None)
+    for timesteps in ((300, 310), None):
+        diffusion_loss(RecordingUNet(), lambda text, _: text, DDPMScheduler(), inputs, LossOptions(timesteps=timesteps),
+                       torch.Generator().manual_seed(0))  # fmt: skip
+    assert int(seen[0].min()) >= 300 and int(seen[0].max()) < 310 and len(set(seen[0].tolist())) == 10
+    assert int(seen[1].min()) < 100 and int(seen[1].max()) >= 900
+
+
 def test_the_pocket_cli_trains_a_stage_and_names_the_stage_a_world_lacks(tmp_path, capsys):
     code = main(["pocket", "train", "unet", "--world", str(tmp_path / "world"), "--runs", str(tmp_path / "runs")])
     assert code == 2
@@ -95,6 +128,9 @@ def test_the_pocket_cli_trains_a_stage_and_names_the_stage_a_world_lacks(tmp_pat
     code = main(["pocket", "train", "vae", "--world", str(tmp_path / "world"), "--runs", str(tmp_path / "runs"),
                  "--max-steps", "0"])  # fmt: skip
     assert code == 2 and "--max-steps" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["pocket", "train", "unet", "--timesteps", "750:300"])
+    assert "0 <= LOW < HIGH <= 1000, as in 300:750; got '750:300'" in capsys.readouterr().err
 
 
 def test_a_stage_resumes_in_another_process(tmp_path):

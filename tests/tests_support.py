@@ -63,12 +63,14 @@ def toy_pocket_configs() -> dict:
     }
 
 
-def train_toy_stage(stage: str, runs: Path, world: Path, max_steps: int, resume: bool = False):
-    """One model stage (vae, clip or unet) of a toy pocket world: batch 4, a checkpoint every 2 steps."""
+def train_toy_stage(stage: str, runs: Path, world: Path, max_steps: int, resume: bool = False, **settings):
+    """One model stage (vae, clip or unet) of a toy pocket world: batch 4, a checkpoint every 2 steps.
+
+    settings: further StageSettings (the unet stage's timesteps)."""
     from ella_demo.pocket.training import PocketRun, stage_settings, train_model_stage
 
     settings = stage_settings(stage, runs, max_steps=max_steps, batch_size=4, checkpoint_every=2,
-                              resume=resume, progress=False)  # fmt: skip
+                              resume=resume, progress=False, **settings)  # fmt: skip
     return train_model_stage(PocketRun(stage, world, runs, settings, toy_pocket_configs()))
 
 

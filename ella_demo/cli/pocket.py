@@ -30,6 +30,7 @@ POCKET_FLAGS = {
     "steps": "--steps",
     "world": "--world",
     "runs": "--runs",
+    "timesteps": "--timesteps",
 }
 DEFAULT_RUNS = Path("runs/pocket")
 
@@ -63,6 +64,16 @@ def add_pocket_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--keep-checkpoints", type=int, default=2)
     train.add_argument("--connector-scenes", type=int, default=20000, help="pictures the connector trains on")
     train.add_argument("--resume", action="store_true", help="continue from the stage's latest checkpoint")
+    train.add_argument("--timesteps", type=timestep_range, metavar="LOW:HIGH",
+                       help="unet only: train on timesteps in [LOW, HIGH) of the 1,000 (default: all)")  # fmt: skip
+
+
+def timestep_range(text: str) -> tuple[int, int]:
+    """`--timesteps LOW:HIGH` as (LOW, HIGH), with 0 <= LOW < HIGH <= 1000 (the pocket schedule's length)."""
+    low, _, high = text.partition(":")
+    if not (low.isdigit() and high.isdigit() and int(low) < int(high) <= 1000):
+        raise argparse.ArgumentTypeError(f"give LOW:HIGH with 0 <= LOW < HIGH <= 1000, as in 300:750; got {text!r}")
+    return int(low), int(high)
 
 
 def _add_eval_parser(actions: argparse._SubParsersAction) -> None:
@@ -93,7 +104,7 @@ def run_pocket(args: argparse.Namespace) -> int:
     settings = stage_settings(
         args.stage, args.runs, max_steps=args.max_steps, batch_size=args.batch_size,
         learning_rate=args.learning_rate, seed=args.seed, checkpoint_every=args.checkpoint_every,
-        keep_checkpoints=args.keep_checkpoints, resume=args.resume,
+        keep_checkpoints=args.keep_checkpoints, resume=args.resume, timesteps=args.timesteps,
     )  # fmt: skip
     if args.stage == "connector":
         data = ConnectorData(args.runs / "connector_scenes", args.connector_scenes, args.runs / "connector_cache")

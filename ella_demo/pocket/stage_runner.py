@@ -4,8 +4,9 @@ A stage (stages.py) owns its models and says what one step's loss is; this modul
 same way for each: every random draw of step k comes from generators seeded with (seed, k), so a run
 stopped after a checkpoint and resumed with `resume=True` repeats the uninterrupted run's losses and
 weights exactly. A resume may change the learning rate (a schedule set by hand: train_log.csv records
-the rate of every step). Checkpoints are the connector training's (train/checkpoints.py): safetensors only,
-written whole or not at all, the newest `keep_checkpoints` kept.
+the rate of every step) and the UNet stage's range of timesteps. Checkpoints are the connector
+training's (train/checkpoints.py): safetensors only, written whole or not at all, the newest
+`keep_checkpoints` kept.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class StageSettings:
     keep_checkpoints: int = 2
     resume: bool = False
     progress: bool = True
+    timesteps: tuple[int, int] | None = None  # the UNet stage's [low, high) of training timesteps; None: all
 
 
 class Stage(Protocol):
@@ -129,12 +131,10 @@ def _check(settings: StageSettings) -> None:
 
 
 def _settings_recipe(settings: StageSettings) -> dict:
-    """The settings a resumed run must share (max_steps may grow, the learning rate may change, and progress is
-    cosmetic)."""
-    kept = asdict(settings)
-    for name in ("out", "max_steps", "learning_rate", "resume", "progress", "checkpoint_every", "keep_checkpoints"):
-        kept.pop(name)
-    return kept
+    """The settings a resumed run must share (max_steps may grow, the learning rate and the timesteps may change,
+    and progress is cosmetic)."""
+    changeable = ("out", "max_steps", "learning_rate", "resume", "progress", "checkpoint_every", "keep_checkpoints")
+    return {name: value for name, value in asdict(settings).items() if name not in (*changeable, "timesteps")}
 
 
 def _step(stage: Stage, settings: StageSettings, step: int, parameters, optimizer: torch.optim.Optimizer) -> float:

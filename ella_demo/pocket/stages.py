@@ -179,13 +179,15 @@ class UNetStage:
 
     The loss is the connector training's (`train.objective.diffusion_loss`: noise prediction at uniform
     timesteps, caption dropout to the empty prompt), with CLIP's tokens passed through unchanged.
+    timesteps: (low, high) trains on timesteps in [low, high) only (None: all), for a phase spent where
+    the eps loss is small and a picture's layout and shapes are decided (README, "The pocket world").
     """
 
     name = "unet"
     loss_label = "diffusion loss (MSE)"
 
     def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
-                 config: dict | None = None, seed: int = 0):  # fmt: skip
+                 config: dict | None = None, seed: int = 0, timesteps: tuple[int, int] | None = None):  # fmt: skip
         self.vae, self.text_encoder, self.tokenizer = vae.eval(), text_encoder.eval(), tokenizer
         for frozen in (self.vae, self.text_encoder):
             frozen.requires_grad_(False)
@@ -193,7 +195,7 @@ class UNetStage:
             self.config = config or unet_config()
             self.unet = UNet2DConditionModel(**self.config)
         self.noise_scheduler = noise_scheduler_for(scheduler_config())
-        self.options = LossOptions(caption_dropout=CAPTION_DROPOUT)
+        self.options = LossOptions(caption_dropout=CAPTION_DROPOUT, timesteps=timesteps)
         self.empty = self.encode_text([""])
 
     def trainable(self) -> dict[str, torch.nn.Module]:

@@ -57,6 +57,8 @@ def stage_settings(stage: str, runs: Path, **overrides) -> StageSettings:
     """The stage's StageSettings: STAGE_DEFAULTS, then `overrides` (None values ignored)."""
     if stage not in STAGES:
         raise InputError("stage", f"must be one of {', '.join(STAGES)}, got {stage!r}.")
+    if overrides.get("timesteps") is not None and stage != "unet":
+        raise InputError("timesteps", f"sets the UNet stage's training timesteps; the {stage} stage has none.")
     defaults = STAGE_DEFAULTS[stage]
     settings = StageSettings(out=runs / stage, max_steps=defaults.max_steps, batch_size=defaults.batch_size,
                              learning_rate=defaults.learning_rate)  # fmt: skip
@@ -75,7 +77,8 @@ def train_model_stage(run: PocketRun) -> StageResult:
     else:
         require_parts(run.world, ("vae", "text_encoder", "tokenizer"))
         text_encoder, tokenizer = load_pocket_clip(run.world)
-        stage = UNetStage(load_autoencoder(run.world), text_encoder, tokenizer, configs.get("unet"), seed)
+        stage = UNetStage(load_autoencoder(run.world), text_encoder, tokenizer, configs.get("unet"), seed,
+                          run.settings.timesteps)  # fmt: skip
     result = run_stage(stage, run.settings)
     run.world.mkdir(parents=True, exist_ok=True)
     exported = {"vae": export_vae, "clip": export_clip, "unet": export_unet}[run.stage](stage, run.world)

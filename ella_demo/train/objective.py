@@ -25,11 +25,13 @@ from ella_demo.core.connector import ELLA
 class LossOptions:
     """caption_dropout: share of captions replaced by the empty prompt (for classifier-free guidance).
     min_snr_gamma: Min-SNR weighting (Hang et al. 2023) when set. with_clip: `ella+clip` mode, where
-    the UNet reads CLIP's tokens followed by the connector's."""
+    the UNet reads CLIP's tokens followed by the connector's. timesteps: (low, high) draws training
+    timesteps uniformly from [low, high) instead of the whole schedule."""
 
     caption_dropout: float = 0.1
     min_snr_gamma: float | None = None
     with_clip: bool = False
+    timesteps: tuple[int, int] | None = None
 
 
 @dataclass
@@ -69,9 +71,8 @@ def diffusion_loss(
     latents = inputs.latents
     batch, device = latents.shape[0], latents.device
     noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
-    timesteps = torch.randint(
-        0, noise_scheduler.config.num_train_timesteps, (batch,), generator=generator, device=device
-    )
+    low, high = options.timesteps or (0, noise_scheduler.config.num_train_timesteps)
+    timesteps = torch.randint(low, high, (batch,), generator=generator, device=device)
     dropped = torch.rand(batch, generator=generator, device=device) < options.caption_dropout
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
 
