@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -157,6 +158,16 @@ def test_generate_without_a_size_makes_the_native_size(client, tiny):
     assert direct["session"].result.settings.height == direct["session"].result.settings.width == 64
     sized = handlers.ExplorerUI(tiny).run_generate("a red cat", steps=1, width=32)
     assert sized["session"].result.ella_images[0].size == (32, 64) and sized["ella_image"].size == (128, 256)
+
+
+def test_guidance_starts_at_the_presets_default_in_the_slider_and_the_api(tiny):
+    with gr.Blocks():
+        sliders = {name: compare_tab._prompt_and_seed(name)["guidance_scale"].value for name in ("sd15", "pocket")}
+    assert sliders == {"sd15": 10.0, "pocket": 5.0}
+    assert handlers.ExplorerUI(tiny).run_generate("a red cat", steps=1)["session"].result.settings.guidance_scale == 10
+    pocket_like = handlers.ExplorerUI(replace(tiny, preset="pocket"))
+    assert pocket_like.run_generate("a red cat", steps=1)["session"].result.settings.guidance_scale == 5
+    assert pocket_like.run_generate("a cat", steps=1, guidance_scale=0)["session"].result.settings.guidance_scale == 0
 
 
 def test_views_need_a_run_first(tiny):

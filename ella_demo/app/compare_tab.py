@@ -19,7 +19,6 @@ from ella_demo.app.handlers import ExplorerUI
 from ella_demo.app.serving import VIEW_CONCURRENCY, ServingLimits, model_work
 from ella_demo.core.models import LoadedModels
 from ella_demo.core.settings import (
-    DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
     GUIDANCE_RANGE,
     IMAGES_RANGE,
@@ -27,6 +26,7 @@ from ella_demo.core.settings import (
     SCHEDULER_NAMES,
     SEED_RANGE,
     STEPS_RANGE,
+    default_guidance,
     size_range,
 )
 from ella_demo.inspect.connector_attention import NORMALISATIONS
@@ -63,7 +63,7 @@ def _by_name(handler: Callable, parts: dict[str, gr.components.Component]) -> Ca
     return to_components
 
 
-def _prompt_and_seed() -> dict[str, gr.components.Component]:
+def _prompt_and_seed(preset: str) -> dict[str, gr.components.Component]:
     with gr.Row():
         with gr.Column(scale=3):
             prompt = gr.Textbox(
@@ -79,7 +79,8 @@ def _prompt_and_seed() -> dict[str, gr.components.Component]:
                 seed = gr.Number(label="Seed", value=0, precision=0, minimum=SEED_RANGE[0], maximum=SEED_RANGE[1])
                 randomise = gr.Button("Random seed", size="sm")
             steps = gr.Slider(*STEPS_RANGE, value=DEFAULT_STEPS, step=1, label="Steps", elem_id="steps")
-            guidance_scale = gr.Slider(*GUIDANCE_RANGE, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance scale")
+            guidance_scale = gr.Slider(*GUIDANCE_RANGE, value=default_guidance(preset), step=0.5,
+                                       label="Guidance scale")  # fmt: skip
     return {
         "prompt": prompt,
         "negative_prompt": negative_prompt,
@@ -263,7 +264,7 @@ def _wire_views(ui: ExplorerUI, parts: dict) -> None:
 
 def compare_tab(ui: ExplorerUI, session: gr.State, limits: ServingLimits) -> None:
     """The tab's components, and the events that generate and re-render."""
-    parts = {"session": session, **_prompt_and_seed(), **_image_settings(ui.models)}
+    parts = {"session": session, **_prompt_and_seed(ui.models.preset), **_image_settings(ui.models)}
     parts |= _run_results(parts["prompt"], ui.models.preset)
     parts |= _step_views(ui.models)
     parts |= _time_views()

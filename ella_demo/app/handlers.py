@@ -23,7 +23,7 @@ from ella_demo.core.errors import ExplorerError, GenerationCancelledError, Input
 from ella_demo.core.models import LoadedModels
 from ella_demo.core.probe import probe
 from ella_demo.core.results import GenerationResult
-from ella_demo.core.settings import DEFAULT_GUIDANCE, DEFAULT_STEPS, check_choice
+from ella_demo.core.settings import DEFAULT_STEPS, check_choice, default_guidance
 from ella_demo.inspect import figures
 from ella_demo.inspect.connector_attention import NORMALISATIONS, Aggregation
 from ella_demo.inspect.outputs import write_run
@@ -88,7 +88,7 @@ class ExplorerUI:
         negative_prompt: str = "",
         seed: float = 0,
         steps: float = DEFAULT_STEPS,
-        guidance_scale: float = DEFAULT_GUIDANCE,
+        guidance_scale: float | None = None,
         width: float | None = None,
         height: float | None = None,
         scheduler: str = "dpm++",
@@ -102,16 +102,18 @@ class ExplorerUI:
         """Generate with both models; the images, the run notes and the first views, by output name.
 
         Inputs arrive as the client sent them; every one is checked here (see `checks`). A width or
-        height of None is the model's native size, the size sliders' starting value. A stopped run
+        height of None is the model's native size, the size sliders' starting value; a guidance_scale of None
+        the preset's default (`default_guidance`). A stopped run
         updates the notes alone.
         """
         native = self.models.native_size
+        guidance = default_guidance(self.models.preset) if guidance_scale is None else guidance_scale
         arguments = {
             "prompt": checks.text("prompt", prompt),
             "negative_prompt": checks.text("negative_prompt", negative_prompt),
             "seed": checks.whole_number("seed", seed),
             "num_inference_steps": checks.whole_number("num_inference_steps", steps),
-            "guidance_scale": checks.number("guidance_scale", guidance_scale),
+            "guidance_scale": checks.number("guidance_scale", guidance),
             "width": checks.whole_number("width", native if width is None else width),
             "height": checks.whole_number("height", native if height is None else height),
             "scheduler": scheduler,

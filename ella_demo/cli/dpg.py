@@ -12,9 +12,15 @@ from tqdm import tqdm
 
 from ella_demo.cli import arguments
 from ella_demo.cli.output_paths import check_out_file, check_out_folder
-from ella_demo.cli.prompt import SIZE_HELP
+from ella_demo.cli.prompt import GUIDANCE_HELP, SIZE_HELP
 from ella_demo.core.errors import InputError
-from ella_demo.core.settings import DEFAULT_GUIDANCE, DEFAULT_STEPS, SCHEDULER_NAMES, GenerationSettings, validate
+from ella_demo.core.settings import (
+    DEFAULT_STEPS,
+    SCHEDULER_NAMES,
+    GenerationSettings,
+    default_guidance,
+    validate,
+)
 
 
 def add_dpg_parser(commands: argparse._SubParsersAction) -> None:
@@ -36,7 +42,7 @@ def _add_generate_parser(dpg_commands: argparse._SubParsersAction) -> None:
     dpg_gen.add_argument("--items", help="only these item ids, comma-separated")
     dpg_gen.add_argument("--seed", type=int, default=0)
     dpg_gen.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    dpg_gen.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    dpg_gen.add_argument("--guidance", type=float, help=GUIDANCE_HELP)
     dpg_gen.add_argument("--scheduler", choices=SCHEDULER_NAMES, default="dpm++")
     dpg_gen.add_argument("--resolution", type=int, help=f"tile size in {SIZE_HELP}")
 
@@ -131,8 +137,9 @@ def _dpg_generate(args: argparse.Namespace) -> int:
     model_names = tuple(name.strip() for name in args.models.split(",") if name.strip())
     if not model_names or any(name not in MODEL_NAMES for name in model_names):
         raise InputError("--models", f"must list clip and/or ella, got {args.models!r}.")
+    guidance = default_guidance(args.preset) if args.guidance is None else args.guidance
     settings = GenerationSettings(
-        prompt="", seed=args.seed, num_inference_steps=args.steps, guidance_scale=args.guidance,
+        prompt="", seed=args.seed, num_inference_steps=args.steps, guidance_scale=guidance,
         height=args.resolution, width=args.resolution, scheduler=args.scheduler, num_images=4,
     )  # fmt: skip
     validate(settings, args.preset)

@@ -16,16 +16,19 @@ from ella_demo.core.settings import (
     DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
     MODES,
+    PRESET_GUIDANCE,
     SCHEDULER_NAMES,
     SEEDINGS,
     SIDES,
     GenerationSettings,
+    default_guidance,
     validate,
 )
 from ella_demo.core.text_encoding import FLEXIBLE
 
 # The size flags' help: left out, a generation makes the loaded model's native size (LoadedModels.native_size).
 SIZE_HELP = "pixels, a multiple of 8 (default: the model's native size, 512 for SD1.5, 64 for pocket)"
+GUIDANCE_HELP = f"classifier-free guidance (default {DEFAULT_GUIDANCE:g}; {PRESET_GUIDANCE['pocket']:g} for pocket)"
 
 
 def add_generate_parser(commands: argparse._SubParsersAction) -> None:
@@ -36,7 +39,7 @@ def add_generate_parser(commands: argparse._SubParsersAction) -> None:
     gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    gen.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    gen.add_argument("--guidance", type=float, help=GUIDANCE_HELP)
     for flag in ("--height", "--width"):
         gen.add_argument(flag, type=int, help=SIZE_HELP)
     gen.add_argument("--scheduler", choices=SCHEDULER_NAMES, default="dpm++")
@@ -106,7 +109,7 @@ def _generation_settings(args: argparse.Namespace) -> GenerationSettings:
         negative_prompt=args.negative_prompt,
         seed=args.seed,
         num_inference_steps=args.steps,
-        guidance_scale=args.guidance,
+        guidance_scale=default_guidance(args.preset) if args.guidance is None else args.guidance,
         height=args.height,
         width=args.width,
         scheduler=args.scheduler,

@@ -30,6 +30,13 @@ SD15_SIZE_RANGE = (256, 1024)
 # model's native size (512x512 for SD1.5, see `LoadedModels.native_size`).
 DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE = 10.0
+# Presets that start elsewhere: the pocket world follows its shape words best at 3-5 (README, "The pocket world").
+PRESET_GUIDANCE = {"pocket": 5.0}
+
+
+def default_guidance(preset: str) -> float:
+    """The guidance scale a run of `preset` uses when none is given, and the app's slider starts at."""
+    return PRESET_GUIDANCE.get(preset, DEFAULT_GUIDANCE)
 
 
 class SettingsError(InputError):
