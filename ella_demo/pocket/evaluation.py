@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ella_demo.core.models import LoadedModels
-from ella_demo.core.settings import GenerationSettings
+from ella_demo.core.settings import PRESET_GUIDANCE, GenerationSettings
 from ella_demo.dpg.data import load_bench
 from ella_demo.dpg.generation import MODEL_NAMES, generate_grids
 from ella_demo.dpg.scoring import score, write_report
@@ -40,7 +40,7 @@ class EvaluationSettings:
     prompts: int = 50
     seed: int = 0
     num_inference_steps: int = 25
-    guidance_scale: float = 5.0
+    guidance_scale: float = PRESET_GUIDANCE["pocket"]
     scheduler: str = "dpm++"
 
 
