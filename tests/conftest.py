@@ -93,11 +93,11 @@ def server(tiny):
 
 
 @pytest.fixture(scope="session")
-def pocket_server(pocket_world):
-    """The app on the pocket preset (the toy-trained world of `pocket_world`), for the whole session."""
+def pocket_server():
+    """The app on the pocket preset (the shipped trained world), for the whole session."""
     from ella_demo.loading.models import load_models
 
-    yield from serve(load_models("pocket", sd15=str(pocket_world)))
+    yield from serve(load_models("pocket"))
 
 
 @pytest.fixture(scope="session")

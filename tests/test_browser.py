@@ -1,5 +1,5 @@
 """A real browser session: headless Debian Chromium, driven by playwright, against the app on the tiny preset and on
-the pocket preset (a toy-trained pocket world: the test drives the interface, not the pictures' quality).
+the pocket preset (the shipped trained world; tests/test_pocket_world.py checks its pictures).
 
 Screenshots land in test-artifacts/ for a person to look at.
 """
