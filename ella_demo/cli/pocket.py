@@ -12,6 +12,7 @@ from ella_demo.core.errors import InputError
 from ella_demo.loading.models import load_models
 from ella_demo.loading.pocket import shipped_world
 from ella_demo.pocket.connector_stage import ConnectorData, train_connector_stage
+from ella_demo.pocket.diagnosis import diagnose, markdown
 from ella_demo.pocket.evaluation import EvaluationSettings
 from ella_demo.pocket.report import markdown_tables, write_pocket_report
 from ella_demo.pocket.shipping import ship_world
@@ -31,6 +32,7 @@ POCKET_FLAGS = {
     "world": "--world",
     "runs": "--runs",
     "timesteps": "--timesteps",
+    "captions": "--captions",
 }
 DEFAULT_RUNS = Path("runs/pocket")
 
@@ -40,6 +42,7 @@ def add_pocket_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("pocket", help="the pocket world: train its models, evaluate them")
     actions = parser.add_subparsers(dest="pocket_command", required=True)
     _add_eval_parser(actions)
+    _add_diagnose_parser(actions)
     ship = actions.add_parser("ship", help="copy a trained world into the package, with checksums and its record")
     ship.add_argument("--world", type=Path, default=DEFAULT_RUNS / "world")
     ship.add_argument("--runs", type=Path, default=DEFAULT_RUNS)
@@ -76,6 +79,18 @@ def timestep_range(text: str) -> tuple[int, int]:
     return int(low), int(high)
 
 
+def _add_diagnose_parser(actions: argparse._SubParsersAction) -> None:
+    diagnose = actions.add_parser(
+        "diagnose",
+        help="how much the UNet and CLIP depend on shape and colour words",
+        description="Loss ratios per timestep, attention shares and padding-state shifts on single-object "
+        "training captions and their shape- and colour-changed variants (pocket/diagnosis.py).",
+    )
+    diagnose.add_argument("--world", type=Path, help="a pocket world folder (default: the shipped one)")
+    diagnose.add_argument("--captions", type=int, default=48, help="single-object captions (default 48)")
+    diagnose.add_argument("--seed", type=int, default=0)
+
+
 def _add_eval_parser(actions: argparse._SubParsersAction) -> None:
     evaluation = actions.add_parser(
         "eval",
@@ -96,6 +111,12 @@ def run_pocket(args: argparse.Namespace) -> int:
     """Train a stage, or evaluate; print where the results went."""
     if args.pocket_command == "eval":
         return _run_eval(args)
+    if args.pocket_command == "diagnose":
+        if args.captions < 1:
+            raise InputError("captions", f"must be at least 1, got {args.captions}.")
+        models = load_models("pocket", sd15=str(args.world) if args.world else None)
+        print(markdown(diagnose(models, args.captions, args.seed)))
+        return 0
     if args.pocket_command == "ship":
         record = ship_world(args.world, args.runs, shipped_world(), args.record)
         print(f"shipped {len(record['sha256'])} files ({record['weights_bytes'] / 1e6:.1f} MB of weights) to "
