@@ -86,9 +86,14 @@ def _add_diagnose_parser(actions: argparse._SubParsersAction) -> None:
         description="Loss ratios per timestep, attention shares and padding-state shifts on single-object "
         "training captions and their shape- and colour-changed variants (pocket/diagnosis.py).",
     )
-    diagnose.add_argument("--world", type=Path, help="a pocket world folder (default: the shipped one)")
+    _add_world_and_seed(diagnose)
     diagnose.add_argument("--captions", type=int, default=48, help="single-object captions (default 48)")
-    diagnose.add_argument("--seed", type=int, default=0)
+
+
+def _add_world_and_seed(parser: argparse.ArgumentParser) -> None:
+    """The flags every measuring command shares: which world, which seed."""
+    parser.add_argument("--world", type=Path, help="a pocket world folder (default: the shipped one)")
+    parser.add_argument("--seed", type=int, default=0)
 
 
 def _add_eval_parser(actions: argparse._SubParsersAction) -> None:
@@ -98,12 +103,11 @@ def _add_eval_parser(actions: argparse._SubParsersAction) -> None:
         description="Both sides draw 4 images per held-out prompt (seen, unseen combinations, paraphrases); the "
         "pixel detector answers their DPG-Bench questions; then attention pointing and token x time maps.",
     )
-    evaluation.add_argument("--world", type=Path, help="a pocket world folder (default: the shipped one)")
+    _add_world_and_seed(evaluation)
     evaluation.add_argument("--out", type=Path, default=DEFAULT_RUNS / "eval")
     evaluation.add_argument("--prompts", type=int, default=50, help="prompts per set (default 50)")
     evaluation.add_argument("--pointing-prompts", type=int, default=60)
     evaluation.add_argument("--steps", type=int, default=25)
-    evaluation.add_argument("--seed", type=int, default=0)
     evaluation.add_argument("--device", default="cpu")
 
 
