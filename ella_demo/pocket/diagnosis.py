@@ -17,13 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from diffusers import DDPMScheduler
 
 from ella_demo.core.models import LoadedModels
 from ella_demo.core.tracing import CrossAttentionRecorder
 from ella_demo.pocket.captions import PocketPrompt, training_example_with_shape_negative
-from ella_demo.pocket.stages import clip_input_ids, pictures_of
+from ella_demo.pocket.stages import PassThrough, clip_input_ids, pictures_of
 from ella_demo.pocket.vocabulary import COLOURS
+from ella_demo.train.objective import LossInputs, LossOptions, diffusion_loss, noise_scheduler_for
 
 VARIANTS = ("shape", "colour", "empty")
 DIAGNOSED_TIMESTEPS = (100, 300, 500, 700, 900)
@@ -67,20 +67,22 @@ def _clip_states(models: LoadedModels, texts: list[str]) -> tuple[torch.Tensor, 
 @torch.no_grad()
 def loss_ratios(models: LoadedModels, variants: CaptionVariants, timesteps=DIAGNOSED_TIMESTEPS,
                 seed: int = 0) -> dict[int, dict[str, float]]:  # fmt: skip
-    """timestep -> variant -> (mean noise-prediction loss given the variant) / (given the true caption)."""
+    """timestep -> variant -> (mean training loss given the variant) / (given the true caption).
+
+    The loss is the UNet stage's own (`diffusion_loss`, no caption dropout) at one timestep, with the same
+    noise for every variant."""
     pipe = models.pipe
-    unet, dtype, device = pipe.unet, pipe.unet.dtype, pipe.unet.device
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)  # the training schedule, for add_noise
-    images = pictures_of(variants.prompts).to(device, pipe.vae.dtype)
+    images = pictures_of(variants.prompts).to(pipe.vae.device, pipe.vae.dtype)
     latents = pipe.vae.encode(images).latent_dist.mean * pipe.vae.config.scaling_factor
     texts = variants.texts | {"empty": [""] * len(variants.prompts)}
-    states = {name: _clip_states(models, texts[name])[0].to(dtype) for name in ("true", *VARIANTS)}
-    generator, ratios = torch.Generator().manual_seed(seed), {}
+    states = {name: _clip_states(models, texts[name])[0] for name in ("true", *VARIANTS)}
+    noise_scheduler = noise_scheduler_for(pipe.scheduler.config)
+    ratios = {}
     for timestep in timesteps:
-        noise = torch.randn(latents.shape, generator=generator).to(device, latents.dtype)
-        steps = torch.full((len(latents),), timestep, device=device)
-        noisy = noise_scheduler.add_noise(latents, noise, steps).to(dtype)
-        loss = {name: float(((unet(noisy, steps, state).sample.float() - noise.float()) ** 2).mean())
+        options = LossOptions(caption_dropout=0.0, timesteps=(timestep, timestep + 1))
+        loss = {name: float(diffusion_loss(pipe.unet, PassThrough(), noise_scheduler,
+                                           LossInputs(latents, state, None, states["empty"][:1], None), options,
+                                           torch.Generator().manual_seed(seed + timestep)))
                 for name, state in states.items()}  # fmt: skip
         ratios[timestep] = {name: loss[name] / loss["true"] for name in VARIANTS}
     return ratios

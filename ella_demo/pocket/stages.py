@@ -167,7 +167,7 @@ class ClipStage:
         return text
 
 
-class _PassThrough(torch.nn.Module):
+class PassThrough(torch.nn.Module):
     """Stands where the connector stands in `diffusion_loss`: the UNet reads CLIP's tokens as they are."""
 
     def forward(self, text_features: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -215,4 +215,4 @@ class UNetStage:
         with torch.no_grad():
             latents = self.vae.encode(images).latent_dist.sample(generator) * self.vae.config.scaling_factor
         inputs = LossInputs(latents, self.encode_text([prompt.text for prompt in prompts]), None, self.empty, None)
-        return diffusion_loss(self.unet, _PassThrough(), self.noise_scheduler, inputs, self.options, generator)
+        return diffusion_loss(self.unet, PassThrough(), self.noise_scheduler, inputs, self.options, generator)
