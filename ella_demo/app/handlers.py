@@ -102,9 +102,8 @@ class ExplorerUI:
         """Generate with both models; the images, the run notes and the first views, by output name.
 
         Inputs arrive as the client sent them; every one is checked here (see `checks`). A width or
-        height of None is the model's native size, the size sliders' starting value; a guidance_scale of None
-        the preset's default (`default_guidance`). A stopped run
-        updates the notes alone.
+        height of None is the model's native size, the size sliders' starting value; a guidance_scale of
+        None the preset's default (`default_guidance`). A stopped run updates the notes alone.
         """
         native = self.models.native_size
         guidance = default_guidance(self.models.preset) if guidance_scale is None else guidance_scale
