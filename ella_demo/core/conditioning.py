@@ -41,17 +41,21 @@ class EncodedPrompts:
         ]
 
 
-def encode_prompts(models: LoadedModels, settings: GenerationSettings, timer: PhaseTimer) -> EncodedPrompts:
-    """Encode with CLIP and/or T5 as the sides and mode need (cached: a repeated prompt costs nothing)."""
+def encode_prompts(
+    models: LoadedModels, settings: GenerationSettings, timer: PhaseTimer, prompt: str | None = None
+) -> EncodedPrompts:
+    """Encode `prompt` (default: settings.prompt) and the negative prompt with CLIP and/or T5 as the sides and
+    mode need (cached: a repeated prompt costs nothing)."""
+    prompt = settings.prompt if prompt is None else prompt
     needs_clip = settings.runs_clip or (settings.runs_ella and settings.mode == "ella+clip")
     clip_cond = clip_uncond = t5_cond = t5_uncond = None
     if needs_clip:
         with timer.phase("clip"):
-            clip_cond = models.clip_encoder.encode(settings.prompt)
+            clip_cond = models.clip_encoder.encode(prompt)
             clip_uncond = models.clip_encoder.encode(settings.negative_prompt)
     if settings.runs_ella:
         with timer.phase("t5"):
-            t5_cond = models.t5_encoder.encode(settings.prompt, settings.t5_length)
+            t5_cond = models.t5_encoder.encode(prompt, settings.t5_length)
             t5_uncond = models.t5_encoder.encode(settings.negative_prompt, settings.t5_length)
     return EncodedPrompts(clip_cond, clip_uncond, t5_cond, t5_uncond)
 
@@ -68,9 +72,12 @@ def side_conditions(
     """The side's conditionings for this step, each (1, L, D): [uncond, cond] or [cond].
 
     With `with_attention`, the ELLA side also returns the connector's attention for the prompt
-    (1, layers, heads, Q, Q + L); otherwise, and for CLIP, the second item is None.
+    (1, layers, heads, Q, Q + L); otherwise, and for CLIP, the second item is None. The connector reads
+    `timestep`, or settings.connector_timestep at every step when one is set.
     """
     guided = settings.uses_guidance
+    if settings.connector_timestep is not None:
+        timestep = torch.full_like(timestep, settings.connector_timestep)
     clip = [prompts.clip_uncond, prompts.clip_cond] if guided else [prompts.clip_cond]
     if side == "clip":
         return [encoding.features for encoding in clip], None

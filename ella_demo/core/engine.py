@@ -64,6 +64,9 @@ def generate(
     latents: torch.Tensor | None = None,
     output_type: str = "pil",
     progress: ProgressCallback | None = None,
+    prompt_after: str | None = None,
+    switch_at_step: int = 0,
+    connector_timestep: int | None = None,
 ) -> GenerationResult:
     """Generate with CLIP and with ELLA side by side (or one side: sides="clip" / "ella").
 
@@ -75,11 +78,14 @@ def generate(
     VAE) replace the initial noise. output_type="latent" skips VAE decoding.
     `trace=True` records the run (core/tracing.py) into `result.trace`. `progress(done, total)` is
     called after every step; it may raise (e.g. `errors.GenerationCancelledError`) to stop the run.
+    Two lesson modes (ella_demo/learn): a prompt schedule, `prompt` for the first `switch_at_step` steps and
+    `prompt_after` for the rest, on both sides (0: `prompt_after` alone; num_inference_steps: `prompt`
+    alone); and `connector_timestep`, fed to the connector at every step instead of the step's timestep.
     Raises `settings.SettingsError` for a bad argument before any model work starts.
     """
     settings = GenerationSettings(
         prompt, negative_prompt, seed, num_inference_steps, guidance_scale, height, width, scheduler,
-        num_images, mode, t5_length, sides, trace, seeding,
+        num_images, mode, t5_length, sides, trace, seeding, prompt_after, switch_at_step, connector_timestep,
     )  # fmt: skip
     settings = with_native_size(models, settings)
     validate(settings, models.preset)
@@ -138,6 +144,7 @@ class _Sampling:
 
     settings: GenerationSettings
     prompts: EncodedPrompts
+    prompts_after: EncodedPrompts  # what steps from settings.switch_at_step on read (`prompts` without a switch)
     schedulers: dict
     latents: dict[str, torch.Tensor]
     step_options: dict[str, dict]
@@ -146,6 +153,10 @@ class _Sampling:
     @property
     def sides(self) -> tuple[str, ...]:
         return self.settings.side_names
+
+    def prompts_at(self, step: int) -> EncodedPrompts:
+        """The encoded prompts step `step` (0-based) is conditioned on."""
+        return self.prompts if step < self.settings.switch_at_step else self.prompts_after
 
 
 def run(
@@ -172,8 +183,8 @@ def run(
     started = time.perf_counter()
     timer = PhaseTimer(models.device)
 
-    # 1. Encode the prompts (cached; the empty negative prompt is computed once per model).
-    prompts = encode_prompts(models, settings, timer)
+    # 1. Encode the prompts, and any prompt switched to (cached; the empty negative prompt is computed once per model).
+    prompts, prompts_after = _encode_schedule(models, settings, timer)
 
     # 2. Prepare the timesteps: a scheduler per side, each built from the shared config.
     schedulers = _prepare_schedulers(models, settings)
@@ -187,6 +198,7 @@ def run(
     sampling = _Sampling(
         settings,
         prompts,
+        prompts_after,
         schedulers,
         latents={side: initial * schedulers[side].init_noise_sigma for side in schedulers},
         step_options={side: _step_options(schedulers[side], copy_generators(generators)) for side in schedulers},
@@ -197,7 +209,7 @@ def run(
     wanted = set(callback_on_step_end_tensor_inputs) if callback_on_step_end else set()
     with torch.no_grad():
         for step, timestep in enumerate(timesteps):
-            tensors = _denoise_step(models, sampling, timestep, cross_attention_kwargs, wanted)
+            tensors = _denoise_step(models, sampling, step, timestep, cross_attention_kwargs, wanted)
             if callback_on_step_end is not None:
                 callback_on_step_end(StepEnd(step, len(timesteps), timestep, tensors))
 
@@ -206,6 +218,16 @@ def run(
 
     # 7. Package.
     return _package(models, sampling, per_side, timesteps, seeding, started)
+
+
+def _encode_schedule(
+    models: LoadedModels, settings: GenerationSettings, timer: PhaseTimer
+) -> tuple[EncodedPrompts, EncodedPrompts]:
+    """The prompt's encodings and those of the prompt switched to (the same object when there is no switch)."""
+    prompts = encode_prompts(models, settings, timer)
+    if settings.prompt_after is None:
+        return prompts, prompts
+    return prompts, encode_prompts(models, settings, timer, settings.prompt_after)
 
 
 def _package(
@@ -231,8 +253,16 @@ def _package(
         provenance=models.provenance(),
         seeding=seeding,
         prompt_tokens=sampling.prompts.prompt_tokens(),
-        warnings=sampling.prompts.truncation_warnings(),
+        warnings=_warnings(sampling),
     )
+
+
+def _warnings(sampling: _Sampling) -> list[str]:
+    """The encoders' truncation notes, for the prompt and, after a switch, for the prompt switched to."""
+    notes = sampling.prompts.truncation_warnings()
+    if sampling.prompts_after is not sampling.prompts:
+        notes += [f"After the switch: {note}" for note in sampling.prompts_after.truncation_warnings()]
+    return notes
 
 
 def _check_run_inputs(
@@ -285,15 +315,21 @@ def _prepare_schedulers(models: LoadedModels, settings: GenerationSettings) -> d
 
 
 def _denoise_step(
-    models: LoadedModels, sampling: _Sampling, timestep: torch.Tensor, attention_kwargs: dict | None, wanted: set[str]
+    models: LoadedModels,
+    sampling: _Sampling,
+    step: int,
+    timestep: torch.Tensor,
+    attention_kwargs: dict | None,
+    wanted: set[str],
 ) -> dict:
     """One UNet call for every side, guidance, and each side's scheduler step; returns the `wanted` tensors."""
     settings, sides, timer = sampling.settings, sampling.sides, sampling.timer
     count, guided = settings.num_images, settings.uses_guidance
     conditions, connector_attention = {}, None
+    prompts = sampling.prompts_at(step)
     for side in sides:
         conditions[side], attention = side_conditions(
-            models, settings, sampling.prompts, side, timestep, timer, "connector_attention" in wanted
+            models, settings, prompts, side, timestep, timer, "connector_attention" in wanted
         )
         connector_attention = attention if attention is not None else connector_attention
     scaled = {side: sampling.schedulers[side].scale_model_input(sampling.latents[side], timestep) for side in sides}

@@ -23,6 +23,8 @@ STEPS_RANGE = (1, 150)
 GUIDANCE_RANGE = (0.0, 30.0)
 IMAGES_RANGE = (1, 4)
 SEED_RANGE = (0, 2**32 - 1)
+# Timesteps a connector may be fixed at: the 1,000 training timesteps of SD1.5's (and the pocket world's) schedule.
+CONNECTOR_TIMESTEP_RANGE = (0, 999)
 # Image sides each preset may ask for, in pixels (multiples of 8); presets not named take the SD1.5 range.
 SIZE_RANGES = {"tiny": (8, 1024), "pocket": (32, 256)}
 SD15_SIZE_RANGE = (256, 1024)
@@ -65,6 +67,11 @@ class GenerationSettings:
     sides: str = "both"
     trace: bool = False
     seeding: str = "cpu"
+    # A prompt schedule: `prompt` for steps 0..switch_at_step-1, `prompt_after` from there on (both sides).
+    prompt_after: str | None = None
+    switch_at_step: int = 0
+    # The timestep fed to the connector at every step, instead of the step's own (the paper's ablation).
+    connector_timestep: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -155,3 +162,20 @@ def validate(settings: GenerationSettings, preset: str) -> None:
         )
     if not isinstance(settings.trace, bool):
         raise SettingsError("trace", f"must be True or False, got {settings.trace!r}.")
+    _check_schedule(settings)
+
+
+def _check_schedule(settings: GenerationSettings) -> None:
+    """The prompt switch and the fixed connector timestep (core/engine.py, `generate`)."""
+    if settings.connector_timestep is not None:
+        _check_int("connector_timestep", settings.connector_timestep, *CONNECTOR_TIMESTEP_RANGE)
+    if settings.prompt_after is None:
+        if settings.switch_at_step != 0:
+            raise SettingsError("switch_at_step", "needs a prompt_after to switch to; give one or leave it at 0.")
+        return
+    _check_text("prompt_after", settings.prompt_after)
+    _check_int("switch_at_step", settings.switch_at_step, 0, settings.num_inference_steps)
+    if settings.trace:
+        raise SettingsError(
+            "trace", "cannot follow a prompt switch: the word views read one prompt. Trace each prompt on its own."
+        )
