@@ -1,0 +1,166 @@
+"""Figures of the Learn lessons: picture grids, a prompt's cut per encoder, a prompt switch over k, the pipeline.
+
+Arrays, pictures and small dicts in, matplotlib figures out (see figures.py for the conventions). Small
+pictures (the pocket world's 64 px) are drawn pixel for pixel.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+from PIL import Image
+
+from ella_demo.inspect.figures import MAX_WIDTH_IN, new_figure, wrap
+
+CUT_COLOUR = "#d62728"
+
+
+def image_grid_figure(
+    rows: Sequence[Sequence[Image.Image]], row_labels: Sequence[str], column_labels: Sequence[str], title: str
+) -> Figure:
+    """Pictures in a grid, rows and columns labelled; labels longer than a cell are wrapped."""
+    count_rows, count_columns = len(rows), max(len(row) for row in rows)
+    cell = min(2.6, (MAX_WIDTH_IN - 2.5) / count_columns)
+    figure = new_figure(cell * count_columns + 2.5, cell * count_rows + 0.9)
+    axes = figure.subplots(count_rows, count_columns, squeeze=False)
+    for row_index, row in enumerate(rows):
+        for column_index in range(count_columns):
+            axis = axes[row_index][column_index]
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if column_index < len(row):
+                axis.imshow(np.asarray(row[column_index]), interpolation="nearest")
+            if row_index == 0:
+                axis.set_title(column_labels[column_index], fontsize=10)
+            if column_index == 0:
+                axis.set_ylabel(textwrap.fill(row_labels[row_index], 28), fontsize=8)
+    figure.suptitle(wrap(title, figure), fontsize=11)
+    return figure
+
+
+def prompt_cut_figure(prompt: str, cuts: Mapping[str, int], columns: int = 130) -> Figure:
+    """The prompt once per encoder, monospaced; what the encoder drops (characters from its cut on) in red."""
+    lines = textwrap.wrap(prompt, columns) or [""]
+    figure = new_figure(MAX_WIDTH_IN, 0.6 + len(cuts) * (len(lines) * 0.2 + 0.45))
+    axes = figure.subplots(len(cuts), 1, squeeze=False)[:, 0]
+    for axis, (label, cut) in zip(axes, cuts.items(), strict=True):
+        axis.set_axis_off()
+        dropped = len(prompt) - cut
+        note = "reads it all" if dropped <= 0 else f"drops the red tail ({dropped} characters)"
+        axis.set_title(f"{label}: {note}", fontsize=10, loc="left")
+        start = 0
+        for number, line in enumerate(lines):
+            start = prompt.index(line, start)
+            y = 1 - (number + 0.5) / len(lines)
+            kept = max(0, min(len(line), cut - start))
+            drawn = axis.text(0, y, line[:kept], family="monospace", fontsize=9, va="baseline")
+            # The dropped part starts where the kept part ends, wherever the layout puts it when drawing.
+            axis.annotate(
+                line[kept:],
+                xy=(1, 0),
+                xycoords=drawn,
+                va="baseline",
+                family="monospace",
+                fontsize=9,
+                color=CUT_COLOUR,
+                weight="bold",
+            )
+            start += len(line)
+    figure.suptitle("Where each encoder stops reading", fontsize=11)
+    return figure
+
+
+def switch_figure(
+    ks: Sequence[int],
+    follows_first: Mapping[str, Sequence[float]],
+    timesteps: np.ndarray,
+    word_shares: Mapping[str, np.ndarray],
+    first_label: str,
+) -> Figure:
+    """Left: per side, the share of pictures that keep the first prompt's colour when switching at step k (empty:
+    not measured). Right: the connector's share of text attention over `timesteps` for the words that differ
+    (labels ending in "(A)" dashed)."""
+    figure = new_figure(MAX_WIDTH_IN, 4.2)
+    left, right = figure.subplots(1, 2)
+    for side, values in follows_first.items():
+        left.plot(ks, 100 * np.asarray(values, dtype=float), marker="o", label=side)
+    if not follows_first:
+        left.text(
+            0.5,
+            0.5,
+            "not measured\n(the pocket detector reads colours;\nthe prompts must differ in colour)",
+            ha="center",
+            va="center",
+            transform=left.transAxes,
+            fontsize=9,
+        )
+    left.set_xlabel("switch at step k (first prompt before k, second from k on)")
+    left.set_ylabel(f"pictures with {first_label} (%)")
+    left.set_ylim(-5, 105)
+    left.set_title("When is the colour fixed?", fontsize=10)
+    for word, shares in word_shares.items():
+        right.plot(timesteps, shares, marker=".", label=word, linestyle="--" if word.endswith("(A)") else "-")
+    if len(timesteps):
+        right.set_xlim(max(timesteps) + 10, min(timesteps) - 10)
+    right.set_xlabel("timestep (high noise on the left)")
+    right.set_ylabel("share of the connector's text attention")
+    right.set_title("ELLA connector: the words that differ, over the steps", fontsize=10)
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8, loc="best")
+    return figure
+
+
+# Blocks of the pipeline figure: key -> (x, y) of the box's centre, title. Keys match `pipeline_figure`'s shapes.
+PIPELINE_BLOCKS = {
+    "prompt": ((0.9, 2.0), "prompt"),
+    "t5": ((3.0, 3.1), "language model"),
+    "connector": ((5.2, 3.1), "connector (TSC)"),
+    "clip": ((4.1, 0.9), "CLIP text encoder"),
+    "unet": ((7.3, 2.0), "UNet cross-attention"),
+    "vae": ((9.3, 2.0), "VAE decoder"),
+}
+PIPELINE_ARROWS = (
+    ("prompt", "t5"),
+    ("prompt", "clip"),
+    ("t5", "connector"),
+    ("connector", "unet"),
+    ("clip", "unet"),
+    ("unet", "vae"),
+)
+_BOX = (1.8, 1.25)
+
+
+def pipeline_figure(shapes: Mapping[str, str], title: str) -> Figure:
+    """Prompt -> language model -> connector -> UNet and prompt -> CLIP -> UNet -> VAE, each box with its shapes."""
+    figure = new_figure(MAX_WIDTH_IN, 4.4)
+    axis = figure.add_subplot()
+    axis.set_xlim(-0.1, 10.3)
+    axis.set_ylim(0, 4)
+    axis.set_axis_off()
+    width, height = _BOX
+    for key, ((x, y), name) in PIPELINE_BLOCKS.items():
+        axis.add_patch(
+            FancyBboxPatch(
+                (x - width / 2, y - height / 2),
+                width,
+                height,
+                boxstyle="round,pad=0.04",
+                facecolor="#e8f0fb",
+                edgecolor="#2b5797",
+            )
+        )
+        axis.text(x, y + height / 2 - 0.2, name, ha="center", va="center", fontsize=9, fontweight="bold")
+        axis.text(x, y - 0.12, shapes.get(key, ""), ha="center", va="center", fontsize=7, linespacing=1.3)
+    for source, target in PIPELINE_ARROWS:
+        (x0, y0), (x1, y1) = PIPELINE_BLOCKS[source][0], PIPELINE_BLOCKS[target][0]
+        start = (x0 + width / 2, y0) if abs(y1 - y0) < 0.5 or x1 - x0 > width else (x0, y0)
+        end = (x1 - width / 2, y1)
+        axis.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=14, color="#444444"))
+    figure.suptitle(wrap(title, figure), fontsize=11)
+    return figure
