@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ella_demo"
-SUBPACKAGES = ("core", "loading", "inspect", "app", "dpg", "cli", "bench", "train", "pocket")
+SUBPACKAGES = ("core", "loading", "inspect", "app", "dpg", "cli", "bench", "train", "pocket", "learn")
 # The pocket world itself: scenes, pictures, words, questions and the detector. No models; of ours, only the
 # DPG-Bench file format (dpg/data.py), which its question graphs are written in.
 POCKET_TRAINING_LAYERS = ("pocket", "train", "core", "loading", "inspect", "dpg")
@@ -81,6 +81,16 @@ def test_the_pocket_world_stands_alone_and_its_training_builds_on_the_library(pa
             assert in_world or parts[:3] == ["ella_demo", "dpg", "data"], f"{path.name} imports {module}"
         else:
             assert layer_of(module) in POCKET_TRAINING_LAYERS, f"{path.name} imports {module}"
+
+
+@pytest.mark.parametrize("path", modules("learn"), ids=lambda path: path.name)
+def test_lessons_build_on_the_engine_the_views_and_the_pocket_detector_never_on_loading_or_front_ends(path):
+    for module in imported_modules(path):
+        parts = module.split(".")
+        if layer_of(module) == "pocket":
+            assert len(parts) > 2 and parts[2] in POCKET_WORLD, f"{path.name} imports {module}"
+        else:
+            assert layer_of(module) in ("learn", "core", "inspect", None), f"{path.name} imports {module}"
 
 
 @pytest.mark.parametrize("path", modules(), ids=lambda path: str(path.relative_to(PACKAGE)))

@@ -1,4 +1,4 @@
-"""Command line: `python -m ella_demo {generate,probe,dpg,bench,train,pocket} ...`.
+"""Command line: `python -m ella_demo {generate,probe,dpg,bench,train,pocket,learn} ...`.
 
 arguments.py holds what every command (and app.py) shares; each command lives in its own module.
 """
@@ -12,6 +12,7 @@ import sys
 from ella_demo.cli.arguments import DPG_FLAGS, FLAGS, USER_ERRORS, describe_error
 from ella_demo.cli.bench import add_bench_parser, run_bench
 from ella_demo.cli.dpg import add_dpg_parser, run_dpg
+from ella_demo.cli.learn import LEARN_FLAGS, add_learn_parser, run_learn
 from ella_demo.cli.pocket import POCKET_FLAGS, add_pocket_parser, run_pocket
 from ella_demo.cli.prompt import add_generate_parser, add_probe_parser, run_generate, run_probe
 from ella_demo.cli.train import TRAIN_FLAGS, add_train_parser, run_train
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(commands)
     add_train_parser(commands)
     add_pocket_parser(commands)
+    add_learn_parser(commands)
     return parser
 
 
@@ -36,11 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["python", "-m", "ella_demo", *argv])  # for training records
     handlers = {"generate": run_generate, "probe": run_probe, "dpg": run_dpg, "bench": run_bench, "train": run_train,
-                "pocket": run_pocket}  # fmt: skip
+                "pocket": run_pocket, "learn": run_learn}  # fmt: skip
     handler = handlers[args.command]
     try:
         return handler(args)
     except USER_ERRORS as error:
-        flags = {"dpg": DPG_FLAGS, "train": TRAIN_FLAGS, "pocket": {**FLAGS, **POCKET_FLAGS}}.get(args.command, FLAGS)
+        flags = {"dpg": DPG_FLAGS, "train": TRAIN_FLAGS, "pocket": {**FLAGS, **POCKET_FLAGS},
+                 "learn": {**FLAGS, **LEARN_FLAGS}}.get(args.command, FLAGS)  # fmt: skip
         print(f"error: {describe_error(error, flags)}", file=sys.stderr)
         return 2

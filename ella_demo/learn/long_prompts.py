@@ -50,9 +50,9 @@ def images(options: LessonOptions) -> int:
 def lesson(runner: LessonRunner, options: LessonOptions) -> LessonResult:
     """Mark each encoder's cut, generate both sides per seed, and (pocket) check the objects after CLIP's cut."""
     prompt = options.prompt or runner.examples(EXAMPLES)[0]
-    clip, t5 = runner.models.clip_encoder.encode(prompt), runner.models.t5_encoder.encode(prompt, FLEXIBLE)
     if not prompt.strip():
         raise InputError("prompt", "is empty: type a long, dense prompt (more than 77 CLIP tokens shows the cut).")
+    clip, t5 = runner.models.clip_encoder.encode(prompt), runner.models.t5_encoder.encode(prompt, FLEXIBLE)
     cut = kept_characters(clip)
     numbers = {
         "prompt": prompt,
@@ -80,38 +80,37 @@ def lesson(runner: LessonRunner, options: LessonOptions) -> LessonResult:
         ),
     }
     late = requested_objects(prompt[cut:]) if clip.dropped_tokens else ()
-    if not runner.measured or not late:
-        note = PAPER if not runner.measured else "No object is named (colour before shape) after CLIP's cut."
-        return _result(figures, numbers, Evidence("cited" if not runner.measured else "measured", note))
+    if not runner.measured:
+        return _result(figures, numbers, Evidence("cited", PAPER))
+    if not late:
+        return _result(
+            figures, numbers, Evidence("measured", "No object is named (colour before shape) after the cut.")
+        )
+    return _result(figures, numbers, _measure_late_objects(results, late, figures, numbers))
+
+
+def _measure_late_objects(results: list, late: tuple, figures: dict, numbers: dict) -> Evidence:
+    """How often each side draws the objects named after CLIP's cut; adds their numbers and bar chart."""
     numbers["after_the_cut"] = [list(pair) for pair in late]
-    drawn = {
-        side: {
+    drawn = {}
+    for side in ("clip", "ella"):
+        pictures = [getattr(result, f"{side}_images")[0] for result in results]
+        drawn[side] = {
             "colour": rate([all(shows_colour(image, colour) for colour, _ in late) for image in pictures]),
             "colour and shape": rate([shows(image, late) for image in pictures]),
         }
-        for side, pictures in (
-            ("clip", [r.clip_images[0] for r in results]),
-            ("ella", [r.ella_images[0] for r in results]),
-        )
-    }
     numbers["late_objects_drawn"] = drawn
     percent = {
-        side.upper(): {key: 100 * (value["rate"] or 0) for key, value in kinds.items()} for side, kinds in drawn.items()
+        side.upper(): {key: 100 * value["rate"] for key, value in kinds.items()} for side, kinds in drawn.items()
     }
-    figures["late_objects"] = to_image(
-        category_bars_figure(percent, "Pictures showing the objects named after the cut (%)")
-    )
+    title = "Pictures showing the objects named after the cut (%)"
+    figures["late_objects"] = to_image(category_bars_figure(percent, title))
     text = ", ".join(
         f"{side.upper()} {kinds['colour']['hits']} of {kinds['colour']['of']}" for side, kinds in drawn.items()
     )
-    return _result(
-        figures,
-        numbers,
-        Evidence(
-            "measured",
-            f"Measured by the pocket detector, pictures with the colour "
-            f"of every object named after CLIP's cut: {text}.",
-        ),
+    return Evidence(
+        "measured",
+        f"Measured by the pocket detector, pictures with the colour of every object named after CLIP's cut: {text}.",
     )
 
 

@@ -16,7 +16,7 @@ from ella_demo.learn.measure import Evidence, rate, requested_objects, shows, sh
 NAME = "timestep_aware"
 TITLE = "Timestep-aware or not: a fixed timestep for the connector"
 EXAMPLES = {
-    "pocket": ("A large red square left of a large blue circle, on a white background.",),
+    "pocket": ("A large red square on a white background, drawn filled.",),
     "sd15": ("a red cube left of a blue ball, an oil painting in the style of Van Gogh",),
 }
 FIXED_TIMESTEPS = (999, 500, 100)

@@ -1,0 +1,181 @@
+"""The Learn lessons: each runs on the pocket preset and produces its figures and numbers; options are checked."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ella_demo import generate
+from ella_demo.cli import main
+from ella_demo.core.errors import GenerationCancelledError, InputError
+from ella_demo.core.settings import SettingsError, default_guidance
+from ella_demo.learn import LESSONS, LessonOptions, run_lesson
+from ella_demo.learn.binding import swapped_twin
+from ella_demo.learn.handout import write_handout
+from ella_demo.learn.measure import requested_objects, shows_colour
+from ella_demo.learn.switching import recoloured, switch_steps
+from ella_demo.loading.models import load_models
+
+FAST = LessonOptions(seeds=2, steps=10)
+FIGURES = {
+    "pieces": {"pipeline", "connector_queries", "word_maps"},
+    "bag_of_words": {"grid", "binding"},
+    "long_prompts": {"cut", "pictures", "late_objects"},
+    "when_a_word_matters": {"pictures", "timing"},
+    "timestep_aware": {"pictures", "drawn_as_asked"},
+}
+
+
+@pytest.fixture(scope="module")
+def pocket():
+    return load_models("pocket")
+
+
+@pytest.fixture(scope="module")
+def lessons(pocket):
+    """Every lesson, run once on the shipped pocket world."""
+    return {name: run_lesson(pocket, name, FAST) for name in LESSONS}
+
+
+def test_every_lesson_is_listed_with_its_expected_figures():
+    assert set(LESSONS) == set(FIGURES)
+
+
+@pytest.mark.parametrize("name", list(FIGURES))
+def test_each_lesson_runs_on_pocket_with_figures_measured_numbers_and_text(lessons, name):
+    result = lessons[name]
+    assert set(result.figures) == FIGURES[name]
+    for image in result.figures.values():
+        pixels = np.asarray(image)
+        assert image.width >= 400 and image.height >= 200 and pixels.std() > 5  # drawn, not blank
+    assert result.evidence.kind == "measured" and result.evidence.text
+    assert 2 <= result.look_for.count(". ") + 1 <= 4  # two or three sentences
+    assert result.settings == {"num_inference_steps": 10, "guidance_scale": default_guidance("pocket"), "seed": 0,
+                               "seeds": 2, "preset": "pocket"}  # fmt: skip
+    json.dumps(result.as_json())
+
+
+def test_the_pieces_lesson_reads_its_shapes_from_the_run(lessons, pocket):
+    result = lessons["pieces"]
+    run = result.run
+    steps, _, _, queries, keys = run.trace.tsc_attention.shape
+    shapes = result.numbers["shapes"]
+    assert f"latents {tuple(run.latents['ella'].shape)}" in shapes["unet"] and f"{steps} steps" in shapes["unet"]
+    assert f"out (1, {queries}, {pocket.ella.config.width})" in shapes["connector"]
+    assert f"features (1, {keys - queries}, 384)" in shapes["t5"]  # MiniLM's width, as the run read it
+    assert set(result.numbers["block_views"]) == {"prompt", "t5", "clip", "connector", "unet", "vae"}
+
+
+def test_the_bag_of_words_rates_count_every_picture_of_both_prompts(lessons):
+    numbers = lessons["bag_of_words"].numbers
+    assert numbers["asked"] == {"prompt": [["red", "square"], ["blue", "circle"]],
+                                "twin": [["blue", "square"], ["red", "circle"]]}  # fmt: skip
+    for side in ("clip", "ella"):
+        for prompt in ("prompt", "twin"):
+            rates = numbers["binding"][side][prompt]
+            assert rates["every pair"]["of"] == 2 and rates["pairs found"]["of"] == 4
+            assert 2 * rates["every pair"]["hits"] <= rates["pairs found"]["hits"]  # each such picture has both
+
+
+def test_the_long_prompt_lesson_marks_clips_cut_and_the_language_model_keeps_everything(lessons):
+    numbers = lessons["long_prompts"].numbers
+    assert numbers["clip_dropped_tokens"] > 0 and numbers["clip_tokens"] == 77 + numbers["clip_dropped_tokens"]
+    assert numbers["prompt"].endswith(numbers["clip_dropped_text"]) and "blue square" in numbers["clip_dropped_text"]
+    assert numbers["language_model_dropped_tokens"] == 0
+    assert numbers["after_the_cut"] == [["blue", "square"]]
+
+
+def test_the_switch_lesson_at_k_zero_measures_what_prompt_b_alone_draws(lessons, pocket):
+    """The k=0 entry is prompt B alone; recomputing it from plain runs of prompt B must give the same rate."""
+    numbers = lessons["when_a_word_matters"].numbers
+    assert numbers["switch_steps"] == [0, 2, 4, 6, 8, 10]
+    colour = numbers["pictures_with_colour_a"]["colour"]
+    for side in ("clip", "ella"):
+        alone = [generate(pocket, numbers["prompt_b"], seed=seed, num_inference_steps=10,
+                          guidance_scale=default_guidance("pocket")) for seed in numbers["seeds"]]  # fmt: skip
+        expected = np.mean([shows_colour(getattr(result, f"{side}_images")[0], colour) for result in alone])
+        assert numbers["pictures_with_colour_a"][side][0] == expected
+
+
+def test_the_timestep_lesson_measures_every_variant_on_every_seed(lessons):
+    measured = lessons["timestep_aware"].numbers["drawn_as_asked"]
+    assert list(measured) == ["real", "fixed 999", "fixed 500", "fixed 100"]
+    assert all(values["colour"]["of"] == 2 for values in measured.values())
+
+
+def test_presets_without_a_detector_cite_the_paper(tiny):
+    result = run_lesson(tiny, "bag_of_words", LessonOptions(seeds=1, steps=2))
+    assert result.evidence.kind == "cited" and "paper" in result.evidence.text and "binding" not in result.numbers
+
+
+def test_progress_counts_every_generation_and_may_stop_the_lesson(tiny):
+    seen = []
+    run_lesson(
+        tiny, "when_a_word_matters", LessonOptions(seeds=2, steps=4), lambda done, total: seen.append((done, total))
+    )
+    assert seen == [(done, 10) for done in range(1, 11)]  # 5 switch points (0..4, deduplicated) x 2 seeds
+
+    def stop(done, total):
+        raise GenerationCancelledError(done, total)
+
+    with pytest.raises(GenerationCancelledError):
+        run_lesson(tiny, "timestep_aware", LessonOptions(seeds=1, steps=2), stop)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("nope", LessonOptions(), "lesson must be one of pieces, bag_of_words"),
+        ("pieces", LessonOptions(seeds=0), "seeds must be a whole number from 1 to 8, got 0"),
+        ("pieces", LessonOptions(seeds=9), "seeds must be a whole number from 1 to 8, got 9"),
+        ("pieces", LessonOptions(steps=1), "steps must be a whole number from 2 to 50, got 1"),
+        ("pieces", LessonOptions(seed=-1), "seed must be a whole number"),
+        ("pieces", LessonOptions(seed=2**32 - 1, seeds=2), "seed plus seeds - 1 must stay at most"),
+        ("long_prompts", LessonOptions(prompt="   "), "prompt is empty"),
+        ("bag_of_words", LessonOptions(prompt="a red circle"), "second prompt is needed"),
+    ],
+)
+def test_bad_options_are_refused_by_name_before_any_image(tiny, name, options, message):
+    with pytest.raises(InputError, match=message):
+        run_lesson(tiny, name, options, lambda *_: pytest.fail("no image may be generated"))
+
+
+def test_a_bad_prompt_is_the_engines_error(tiny):
+    with pytest.raises(SettingsError, match="prompt contains a character that is not valid text"):
+        run_lesson(tiny, "pieces", LessonOptions(prompt="a \ud800 cat", steps=2))
+
+
+def test_prompts_are_read_for_colour_shape_pairs_paraphrases_included():
+    assert requested_objects("A large red square left of a blue circle.") == (("red", "square"), ("blue", "circle"))
+    assert requested_objects("a crimson filled cube and an emerald plus sign") == (
+        ("red", "square"),
+        ("green", "cross"),
+    )
+    assert requested_objects("There is an orange square of large size") == (("orange", "square"),)
+    assert requested_objects("a red cat beside a blue and shiny circle") == ()  # no colour right before a shape
+
+
+def test_default_second_prompts_swap_or_change_the_colour():
+    assert swapped_twin("A red cube left of a Blue ball.") == "A Blue cube left of a red ball."
+    assert swapped_twin("a red circle") is None
+    assert recoloured("A large red square.") == "A large blue square."
+    assert recoloured("A blue square.") == "A red square."
+    assert switch_steps(25) == [0, 5, 10, 15, 20, 25] and switch_steps(3) == [0, 1, 2, 3]
+
+
+def test_a_handout_holds_every_figure_the_numbers_and_a_page(lessons, tmp_path):
+    result = lessons["timestep_aware"]
+    paths = write_handout(result, tmp_path / "handout")
+    assert {path.name for path in paths} == {"pictures.png", "drawn_as_asked.png", "numbers.json", "README.md"}
+    page = (tmp_path / "handout" / "README.md").read_text()
+    assert result.title in page and "Measured here" in page and "![pictures](./pictures.png)" in page
+    assert json.loads((tmp_path / "handout" / "numbers.json").read_text())["numbers"] == result.numbers
+
+
+def test_the_learn_command_writes_a_handout_and_names_bad_flags(tmp_path, capsys):
+    assert main(["learn", "pieces", "--preset", "tiny", "--steps", "2", "--seeds", "1", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "pieces" / "pipeline.png").is_file() and (tmp_path / "pieces" / "README.md").is_file()
+    assert main(["learn", "pieces", "--preset", "tiny", "--seeds", "12", "--out", str(tmp_path)]) == 2
+    assert "--seeds must be a whole number from 1 to 8, got 12" in capsys.readouterr().err
