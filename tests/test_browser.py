@@ -130,3 +130,23 @@ def test_stop_ends_a_long_run_between_steps(page, case):
     step = int(notes.split("Stopped after step ")[1].split(" ")[0])
     assert 0 < step < 150
     page.screenshot(path=ARTIFACTS / f"{case[0]}-04-stopped.png", full_page=True)
+
+
+def test_the_learn_tab_runs_a_lesson_and_opens_a_block_of_its_diagram(page, case):
+    """Run the pieces lesson in one click: its page, figures and live shapes appear; a block opens its view."""
+    preset = case[0]
+    page.get_by_role("tab", name="Learn").click()
+    page.wait_for_selector("#lesson")
+    page.get_by_label("How the pieces connect").check()
+    page.fill("#lesson-prompt textarea", "")
+    page.click("#run-lesson")
+    page.wait_for_selector(
+        "#lesson-page :text('Measured here')" if preset == "pocket" else "#lesson-page :text('noise')"
+    )
+    page.wait_for_selector("#lesson-figures img")
+    page.wait_for_selector("#shapes-unet :text('latents (1, 4,')")  # the block shows this run's shapes
+    page.click("#block-connector")
+    page.wait_for_selector("#block-text :text('Connector queries at the last step')")
+    page.click("#block-clip")
+    page.wait_for_selector("#block-text :text('tokens')")
+    page.screenshot(path=ARTIFACTS / f"{preset}-05-learn.png", full_page=True)

@@ -39,6 +39,13 @@ FIELD_LABELS = {
     "mode": "ELLA mode",
     "t5_length": "T5 length",
     "seeding": "Seeding",
+    # The Learn tab's
+    "lesson": "Lesson",
+    "second prompt": "Second prompt",
+    "prompt_after": "Second prompt",
+    "seeds": "Seeds per measurement",
+    "steps": "Steps",
+    "block": "Block",
 }
 
 

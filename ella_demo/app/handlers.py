@@ -65,6 +65,7 @@ class ExplorerUI:
         self.limits = limits
         self.runs = RunRegistry()
         self.exports = ExportFolders()
+        self.gpu_wrapper = gpu_wrapper  # other tabs' model work goes through it too (learn_tab.py)
         self._generate_on_device = gpu_wrapper(self._generate_on_device)
         self._probe_on_device = gpu_wrapper(self._probe_on_device)
 

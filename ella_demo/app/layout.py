@@ -1,4 +1,4 @@
-"""The Blocks app: a header, and the Compare, Probe, DPG-Bench and About tabs.
+"""The Blocks app: a header, and the Compare, Probe, Learn, DPG-Bench and About tabs.
 
 Per-session data (the last run and its trace) lives in gr.State, so users never see each other's
 results; the handlers come from `ExplorerUI`, bound to the models the app was built with.
@@ -15,6 +15,8 @@ from ella_demo.app.about import about_tab
 from ella_demo.app.compare_tab import compare_tab
 from ella_demo.app.dpg_tab import dpg_tab
 from ella_demo.app.handlers import ExplorerUI
+from ella_demo.app.learn_handlers import LearnUI
+from ella_demo.app.learn_tab import learn_tab
 from ella_demo.app.serving import ServingLimits, model_work
 from ella_demo.core.models import LoadedModels
 from ella_demo.inspect.connector_attention import NORMALISATIONS
@@ -90,6 +92,8 @@ def build_app(
                 compare_tab(ui, session, limits)
             with gr.Tab("Probe"):
                 _probe_tab(ui, limits)
+            with gr.Tab("Learn"):
+                learn_tab(LearnUI(ui), models, limits)
             with gr.Tab("DPG-Bench"):
                 dpg_tab(dpg_results)
             with gr.Tab("About"):

@@ -1,0 +1,146 @@
+"""The Learn tab's handlers: run a lesson (model work), open a block of the pieces diagram, download a handout.
+
+A session's last lesson lives in its gr.State; a lesson's work is capped like a generation's (`LESSON_WORK`).
+"""
+
+from __future__ import annotations
+
+import zipfile
+
+import gradio as gr
+
+from ella_demo.app import checks
+from ella_demo.app.checks import reported
+from ella_demo.app.handlers import ExplorerUI, RequestTooLargeError
+from ella_demo.core.errors import GenerationCancelledError, InputError
+from ella_demo.core.settings import check_choice
+from ella_demo.inspect.figures import to_image
+from ella_demo.inspect.lesson_figures import image_grid_figure
+from ella_demo.learn import LESSONS, LessonOptions, LessonResult, run_lesson
+from ella_demo.learn.handout import markdown, write_handout
+from ella_demo.learn.pieces import BLOCK_VIEWS
+
+# A lesson may ask for this many times the traced work one generation may (its runs are untraced).
+LESSON_WORK = 4
+
+
+class LearnUI:
+    """The Learn tab's handlers, sharing the Compare tab's models, limits, run registry and export folders."""
+
+    def __init__(self, explorer: ExplorerUI):
+        self.explorer = explorer
+        self._run_on_device = explorer.gpu_wrapper(self._run_on_device)
+
+    def _run_on_device(self, name: str, options: LessonOptions, run: int, progress: gr.Progress) -> LessonResult:
+        def after_image(done: int, total: int) -> None:
+            if self.explorer.runs.is_stopped(run):
+                raise GenerationCancelledError(done, total)
+            progress((done, total), unit="images")
+
+        return run_lesson(self.explorer.models, name, options, after_image)
+
+    @reported
+    def run(self, lesson, prompt="", second_prompt="", seed=0, seeds=4, steps=25, request: gr.Request = None,
+            progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008 - Gradio injects progress this way  # fmt: skip
+        """Run `lesson` (a LESSONS name): its page (Markdown), figures, the session's lesson and the diagram's shapes.
+
+        Empty prompts are the lesson's examples. Inputs arrive raw and are checked here, under their UI labels.
+        """
+        check_choice("lesson", lesson, tuple(LESSONS))
+        options = LessonOptions(
+            checks.text("prompt", prompt) or None,
+            checks.text("second prompt", second_prompt) or None,
+            checks.whole_number("seed", seed),
+            checks.whole_number("seeds", seeds),
+            checks.whole_number("steps", steps),
+        ).checked()
+        self._check_work(lesson, options)
+        session = request.session_hash if request is not None else ""
+        try:
+            with self.explorer.runs.running(session) as run:
+                result = self._run_on_device(lesson, options, run, progress)
+        except GenerationCancelledError as stopped:
+            return f"⏹️ {stopped}", [], None, *self._block_labels(None)
+        gallery = [(image, name.replace("_", " ")) for name, image in result.figures.items()]
+        return self._page(result), gallery, result, *self._block_labels(result)
+
+    def _check_work(self, name: str, options: LessonOptions) -> None:
+        side = self.explorer.models.native_size
+        images = LESSONS[name].module.images(options)
+        work, cap = side * side * options.steps * images, LESSON_WORK * self.explorer.limits.max_pixel_steps
+        if work > cap:
+            raise RequestTooLargeError(
+                f"This lesson asks for {images} images of {side}x{side} pixels x {options.steps} steps = "
+                f"{work / 1e6:.0f} M pixel-steps; this app allows {cap / 1e6:.0f} M per lesson. Lower the seeds or "
+                "the steps."
+            )
+
+    def _page(self, result: LessonResult) -> str:
+        page = markdown(result).split("\n![", 1)[0]  # the figures are in the gallery below
+        random = self.explorer.models.random_weights
+        warning = (
+            f"⚠️ Random weights ({self.explorer.models.preset} preset): the images are noise.\n\n" if random else ""
+        )
+        return warning + page
+
+    @staticmethod
+    def _block_labels(result: LessonResult | None) -> list[str]:
+        """Under each block of the diagram, this run's shapes (the pieces lesson; else nothing), one per line."""
+        shapes = result.numbers.get("shapes", {}) if result is not None and result.name == "pieces" else {}
+        return ["<br>".join(f"`{line}`" for line in shapes[key].splitlines()) if key in shapes else ""
+                for key in BLOCK_VIEWS]  # fmt: skip
+
+    @reported
+    def open_block(self, result: LessonResult | None, block: str) -> tuple:
+        """The view a block of the diagram opens, from the session's pieces lesson: (Markdown, image)."""
+        check_choice("block", block, tuple(BLOCK_VIEWS))
+        if result is None or result.run is None:
+            raise InputError("block", "opens a view of the pieces lesson's run: run that lesson first.")
+        run = result.run
+        view = BLOCK_VIEWS[block]
+        if view == "tokens":
+            return "\n\n".join(_token_line(name, tokens) for name, tokens in run.prompt_tokens.items()), gr.update(
+                value=None, visible=False)  # fmt: skip
+        if view == "pictures":
+            grid = image_grid_figure([[run.clip_images[0], run.ella_images[0]]], [f"seed {run.settings.seed}"],
+                                     ["CLIP", "ELLA"], "What the VAE decoded, both sides")  # fmt: skip
+            return f"The decoded pictures, {run.clip_images[0].width} px.", gr.update(
+                value=to_image(grid), visible=True
+            )
+        figure = result.figures.get("connector_queries" if view == "connector queries" else "word_maps")
+        return f"**{view.capitalize()}** at the last step of the run.", gr.update(value=figure, visible=True)
+
+    @reported
+    def download(self, result: LessonResult | None) -> str:
+        """A zip of the session's lesson: its figures, numbers.json and README.md."""
+        if result is None:
+            raise gr.Error("Run a lesson first: the download holds its figures, numbers and page.")
+        folder = self.explorer.exports.new()
+        paths = write_handout(result, folder / result.name)
+        archive = folder / f"lesson_{result.name}.zip"
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
+            for path in paths:
+                bundle.write(path, f"{result.name}/{path.name}")
+        return str(archive)
+
+
+def _token_line(encoder: str, tokens) -> str:
+    """One encoder's tokens as Markdown code spans; its padding counted, not listed."""
+    words = [token for token in tokens.tokens if token not in PADDING]
+    padding = len(tokens.tokens) - len(words)
+    name = "CLIP" if encoder == "clip" else "The language model"
+    listed = " ".join(f"`{token}`" for token in words)
+    return f"**{name}** read {len(tokens.tokens)} tokens: {listed}" + (
+        f" and {padding} end or padding tokens." if padding else "."
+    )
+
+
+PADDING = {"<|endoftext|>", "<pad>", "[PAD]"}
+BLOCK_TITLES = {
+    "prompt": "Prompt",
+    "t5": "Language model",
+    "clip": "CLIP text encoder",
+    "connector": "Connector (TSC)",
+    "unet": "UNet cross-attention",
+    "vae": "VAE decoder",
+}

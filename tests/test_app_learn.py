@@ -1,0 +1,90 @@
+"""The Learn tab through the app's API (gradio_client) and its handlers, on the tiny preset."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pytest
+from gradio_client import Client
+from PIL import Image
+
+from ella_demo.app import ServingLimits, build_app, serving
+from ella_demo.app.handlers import ExplorerUI
+from ella_demo.app.learn_handlers import LESSON_WORK, LearnUI
+
+FAST = {"seeds": 1, "steps": 2}
+
+
+@pytest.fixture
+def client(server):
+    return Client(server, verbose=False)
+
+
+def test_the_learn_endpoint_runs_a_lesson_and_returns_its_page_and_figures(client):
+    page, figures, *shapes = client.predict(lesson="timestep_aware", **FAST, api_name="/learn")
+    assert "# Timestep-aware or not" in page and "Cited from the paper" in page and "Random weights" in page
+    assert [entry["caption"] for entry in figures] == ["pictures"]
+    assert Image.open(figures[0]["image"]).width >= 700
+    assert shapes == ["", "", "", "", "", ""]  # only the pieces lesson fills the diagram
+
+
+def test_the_pieces_lesson_fills_the_diagram_with_the_runs_shapes(client):
+    page, figures, *shapes = client.predict(lesson="pieces", prompt="a red cat", **FAST, api_name="/learn")
+    assert "How the pieces connect" in page and {entry["caption"] for entry in figures} >= {"pipeline"}
+    assert all(shapes) and "latents (1, 4," in shapes[4] and "features (1, 77," in shapes[2]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"lesson": "nope"}, "Lesson must be one of pieces, bag_of_words"),
+        ({"seeds": 9}, "Seeds per measurement must be a whole number from 1 to 8, got 9"),
+        ({"steps": 2.5}, "Steps must be a whole number, got 2.5"),
+        ({"seed": -3}, "Seed must be a whole number from 0 to"),
+        ({"prompt": 42}, "Prompt must be text, got int"),
+        ({"lesson": "bag_of_words", "prompt": "a red cat"}, "Second prompt is needed"),
+        ({"lesson": "when_a_word_matters", "second_prompt": "a \ud800"}, "Second prompt contains a character"),
+    ],
+)
+def test_bad_lesson_requests_name_the_field_to_change(tiny, arguments, message):
+    ui = LearnUI(ExplorerUI(tiny))
+    with pytest.raises(gr.Error, match=message):
+        ui.run(**{"lesson": "pieces", **FAST, **arguments})
+
+
+def test_a_lesson_over_the_work_cap_is_refused_before_any_image(tiny):
+    limits = ServingLimits(max_pixel_steps=tiny.native_size**2 * 10)
+    ui = LearnUI(ExplorerUI(tiny, limits=limits))
+    cap = LESSON_WORK * limits.max_pixel_steps / 1e6
+    with pytest.raises(gr.Error, match=rf"this app allows {cap:.0f} M per lesson\. Lower the seeds or the steps"):
+        ui.run("when_a_word_matters", seeds=8, steps=50)
+
+
+def test_blocks_and_downloads_need_a_lesson_first(tiny, tmp_path):
+    ui = LearnUI(ExplorerUI(tiny))
+    with pytest.raises(gr.Error, match="run that lesson first"):
+        ui.open_block(None, "connector")
+    with pytest.raises(gr.Error, match="Run a lesson first"):
+        ui.download(None)
+
+
+def test_blocks_open_their_views_and_the_download_holds_the_handout(tiny):
+    import zipfile
+
+    ui = LearnUI(ExplorerUI(tiny))
+    _, _, result, *_ = ui.run("pieces", **FAST)
+    text, image = ui.open_block(result, "clip")
+    assert "**CLIP** read 77 tokens" in text and "end or padding tokens" in text and image["visible"] is False
+    text, image = ui.open_block(result, "connector")
+    assert "Connector queries" in text and image["visible"] is True and image["value"].width > 0
+    with pytest.raises(gr.Error, match="Block must be one of"):
+        ui.open_block(result, "scheduler")
+    with zipfile.ZipFile(ui.download(result)) as bundle:
+        assert {"pieces/pipeline.png", "pieces/numbers.json", "pieces/README.md"} <= set(bundle.namelist())
+
+
+def test_lessons_share_the_model_queue(tiny):
+    app = build_app(tiny)
+    queued = {
+        getattr(block.fn, "__name__", "") for block in app.fns.values() if block.concurrency_id == serving.MODEL_WORK
+    }
+    assert queued == {"run_generate", "run_probe", "run"}  # the lesson; not its block views or downloads
