@@ -14,6 +14,7 @@ from ella_demo.core.settings import SettingsError, default_guidance
 from ella_demo.learn import LESSONS, LessonOptions, run_lesson
 from ella_demo.learn.binding import swapped_twin
 from ella_demo.learn.handout import write_handout
+from ella_demo.learn.long_prompts import named_only_after
 from ella_demo.learn.measure import requested_objects, shows_colour
 from ella_demo.learn.switching import recoloured, switch_steps
 from ella_demo.loading.models import load_models
@@ -155,6 +156,13 @@ def test_prompts_are_read_for_colour_shape_pairs_paraphrases_included():
     )
     assert requested_objects("There is an orange square of large size") == (("orange", "square"),)
     assert requested_objects("a red cat beside a blue and shiny circle") == ()  # no colour right before a shape
+
+
+def test_only_objects_whose_colour_first_appears_after_the_cut_count_as_late():
+    prompt = "A red circle. A red circle and a green cross. A blue square and a red triangle."
+    cut = prompt.index("A blue")
+    assert named_only_after(prompt, cut) == (("blue", "square"),)
+    assert requested_objects(prompt) == (("red", "circle"), ("green", "cross"), ("blue", "square"), ("red", "triangle"))
 
 
 def test_default_second_prompts_swap_or_change_the_colour():

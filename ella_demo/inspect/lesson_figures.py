@@ -17,6 +17,13 @@ from PIL import Image
 from ella_demo.inspect.figures import MAX_WIDTH_IN, new_figure, wrap
 
 CUT_COLOUR = "#d62728"
+MAX_LABEL_CHARACTERS = 160  # prompts in labels and titles are shortened to this
+MAX_PROMPT_LINES = 24  # a prompt-cut panel shows at most this many lines (T5 reads 512 tokens, about 20 lines)
+
+
+def shorten(text: str, limit: int = MAX_LABEL_CHARACTERS) -> str:
+    """`text`, or its first `limit` characters and an ellipsis: prompts never grow a figure without bound."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def image_grid_figure(
@@ -37,14 +44,20 @@ def image_grid_figure(
             if row_index == 0:
                 axis.set_title(column_labels[column_index], fontsize=10)
             if column_index == 0:
-                axis.set_ylabel(textwrap.fill(row_labels[row_index], 28), fontsize=8)
-    figure.suptitle(wrap(title, figure), fontsize=11)
+                axis.set_ylabel(textwrap.fill(shorten(row_labels[row_index]), 28), fontsize=8)
+    figure.suptitle(wrap(shorten(title, 2 * MAX_LABEL_CHARACTERS), figure), fontsize=11)
     return figure
 
 
 def prompt_cut_figure(prompt: str, cuts: Mapping[str, int], columns: int = 130) -> Figure:
-    """The prompt once per encoder, monospaced; what the encoder drops (characters from its cut on) in red."""
+    """The prompt once per encoder, monospaced; what the encoder drops (characters from its cut on) in red.
+
+    At most MAX_PROMPT_LINES lines are drawn; the last says how many characters were left out.
+    """
     lines = textwrap.wrap(prompt, columns) or [""]
+    if len(lines) > MAX_PROMPT_LINES:
+        lines = [*lines[: MAX_PROMPT_LINES - 1], f"… and {len(prompt) - sum(map(len, lines[: MAX_PROMPT_LINES - 1]))} "
+                 "more characters"]  # fmt: skip
     figure = new_figure(MAX_WIDTH_IN, 0.6 + len(cuts) * (len(lines) * 0.2 + 0.45))
     axes = figure.subplots(len(cuts), 1, squeeze=False)[:, 0]
     for axis, (label, cut) in zip(axes, cuts.items(), strict=True):
@@ -54,21 +67,17 @@ def prompt_cut_figure(prompt: str, cuts: Mapping[str, int], columns: int = 130) 
         axis.set_title(f"{label}: {note}", fontsize=10, loc="left")
         start = 0
         for number, line in enumerate(lines):
-            start = prompt.index(line, start)
             y = 1 - (number + 0.5) / len(lines)
+            found = prompt.find(line, start)
+            if found < 0:  # the "... more characters" line
+                axis.text(0, y, line, fontsize=9, va="bottom", style="italic", color="gray")
+                continue
+            start = found
             kept = max(0, min(len(line), cut - start))
-            drawn = axis.text(0, y, line[:kept], family="monospace", fontsize=9, va="baseline")
+            drawn = axis.text(0, y, line[:kept], family="monospace", fontsize=9, va="bottom")
             # The dropped part starts where the kept part ends, wherever the layout puts it when drawing.
-            axis.annotate(
-                line[kept:],
-                xy=(1, 0),
-                xycoords=drawn,
-                va="baseline",
-                family="monospace",
-                fontsize=9,
-                color=CUT_COLOUR,
-                weight="bold",
-            )
+            axis.annotate(line[kept:], xy=(1, 0), xycoords=drawn, va="bottom", family="monospace", fontsize=9,
+                          color=CUT_COLOUR, weight="bold")  # fmt: skip
             start += len(line)
     figure.suptitle("Where each encoder stops reading", fontsize=11)
     return figure
@@ -162,5 +171,5 @@ def pipeline_figure(shapes: Mapping[str, str], title: str) -> Figure:
         start = (x0 + width / 2, y0) if abs(y1 - y0) < 0.5 or x1 - x0 > width else (x0, y0)
         end = (x1 - width / 2, y1)
         axis.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=14, color="#444444"))
-    figure.suptitle(wrap(title, figure), fontsize=11)
+    figure.suptitle(wrap(shorten(title, 2 * MAX_LABEL_CHARACTERS), figure), fontsize=11)
     return figure

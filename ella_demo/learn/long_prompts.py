@@ -43,6 +43,13 @@ def kept_characters(encoding: TextEncoding) -> int:
     return max((end for _, end in encoding.offsets), default=0)
 
 
+def named_only_after(prompt: str, cut: int) -> tuple[tuple[str, str], ...]:
+    """The (colour, shape) objects named after character `cut` whose colour is not named before it: a picture
+    showing that colour must have read the tail."""
+    before = {colour for colour, _ in requested_objects(prompt[:cut])}
+    return tuple(pair for pair in requested_objects(prompt[cut:]) if pair[0] not in before)
+
+
 def images(options: LessonOptions) -> int:
     return options.seeds
 
@@ -79,7 +86,7 @@ def lesson(runner: LessonRunner, options: LessonOptions) -> LessonResult:
             )
         ),
     }
-    late = requested_objects(prompt[cut:]) if clip.dropped_tokens else ()
+    late = named_only_after(prompt, cut) if clip.dropped_tokens else ()
     if not runner.measured:
         return _result(figures, numbers, Evidence("cited", PAPER))
     if not late:

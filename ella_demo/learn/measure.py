@@ -44,7 +44,8 @@ class Evidence:
 
 
 def requested_objects(prompt: str) -> tuple[tuple[str, str], ...]:
-    """(colour, shape) training words of each object the prompt names with a colour before its shape, in order."""
+    """(colour, shape) training words of the objects the prompt names with a colour before the shape, each once, in
+    the order of their first mention (the detector checks presence, so repeats add nothing)."""
     words = re.findall(r"[a-z_]+", prompt.lower().replace("plus sign", "plus_sign"))
     found = []
     for index, word in enumerate(words):
@@ -56,7 +57,7 @@ def requested_objects(prompt: str) -> tuple[tuple[str, str], ...]:
                 break
             if later not in _BETWEEN or gap == _MAX_GAP:
                 break
-    return tuple(found)
+    return tuple(dict.fromkeys(found))
 
 
 def found_pairs(image: Image.Image, objects: Sequence[tuple[str, str]]) -> list[bool]:

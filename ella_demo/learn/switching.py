@@ -129,7 +129,7 @@ def _evidence(runner: LessonRunner, measurable: bool, ks: list[int], follows: di
         else f"{side.upper()}: A's colour never in most pictures"
         for side, k in settled.items()
     )
-    return Evidence("measured", f"Measured by the pocket detector over {len(runner.seeds)} seeds per k: {text}.")
+    return Evidence("measured", f"Measured by the pocket detector over {len(runner.seeds)} seed(s) per k: {text}.")
 
 
 def _differing_word_shares(runner: LessonRunner, first: str, second: str, steps: int) -> tuple:
