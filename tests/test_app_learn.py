@@ -9,7 +9,8 @@ from PIL import Image
 
 from ella_demo.app import ServingLimits, build_app, serving
 from ella_demo.app.handlers import ExplorerUI
-from ella_demo.app.learn_handlers import LESSON_WORK, LearnUI
+from ella_demo.app.learn_handlers import LESSON_WORK, MAX_FIGURES, LearnUI, figure_labels
+from ella_demo.learn import LESSONS, LessonOptions, run_lesson
 
 FAST = {"seeds": 1, "steps": 2}
 
@@ -20,16 +21,18 @@ def client(server):
 
 
 def test_the_learn_endpoint_runs_a_lesson_and_returns_its_page_and_figures(client):
-    page, figures, *shapes = client.predict(lesson="timestep_aware", **FAST, api_name="/learn")
+    page, *figures = client.predict(lesson="timestep_aware", **FAST, api_name="/learn")
+    figures, shapes = figures[:MAX_FIGURES], figures[MAX_FIGURES:]
     assert "# Timestep-aware or not" in page and "Cited from the paper" in page and "Random weights" in page
-    assert [entry["caption"] for entry in figures] == ["pictures"]
-    assert Image.open(figures[0]["image"]).width >= 700
+    assert "`python -m ella_demo learn timestep_aware --preset tiny --seed 0 --seeds 1 --steps 2" in page
+    assert Image.open(figures[0]).width >= 700 and figures[1:] == [None, None]  # one figure without a detector
     assert shapes == ["", "", "", "", "", ""]  # only the pieces lesson fills the diagram
 
 
 def test_the_pieces_lesson_fills_the_diagram_with_the_runs_shapes(client):
-    page, figures, *shapes = client.predict(lesson="pieces", prompt="a red cat", **FAST, api_name="/learn")
-    assert "How the pieces connect" in page and {entry["caption"] for entry in figures} >= {"pipeline"}
+    page, *outputs = client.predict(lesson="pieces", prompt="a red cat", **FAST, api_name="/learn")
+    figures, shapes = outputs[:MAX_FIGURES], outputs[MAX_FIGURES:]
+    assert "How the pieces connect" in page and "--prompt 'a red cat'" in page and all(figures)
     assert all(shapes) and "latents (1, 4," in shapes[4] and "features (1, 77," in shapes[2]
 
 
@@ -71,7 +74,7 @@ def test_blocks_open_their_views_and_the_download_holds_the_handout(tiny):
     import zipfile
 
     ui = LearnUI(ExplorerUI(tiny))
-    _, _, result, *_ = ui.run("pieces", **FAST)
+    result = ui.run("pieces", **FAST)[1 + MAX_FIGURES]
     text, image = ui.open_block(result, "clip")
     assert "**CLIP** read 77 tokens" in text and "end or padding tokens" in text and image["visible"] is False
     text, image = ui.open_block(result, "connector")
@@ -80,6 +83,19 @@ def test_blocks_open_their_views_and_the_download_holds_the_handout(tiny):
         ui.open_block(result, "scheduler")
     with zipfile.ZipFile(ui.download(result)) as bundle:
         assert {"pieces/pipeline.png", "pieces/numbers.json", "pieces/README.md"} <= set(bundle.namelist())
+
+
+def test_figure_slots_show_a_lessons_figures_by_name_and_hide_the_rest(tiny):
+    result = run_lesson(tiny, "timestep_aware", LessonOptions(seeds=1, steps=2))
+    labels = figure_labels(result)
+    assert labels[0]["label"] == "pictures" and labels[0]["visible"] is True
+    assert [label["visible"] for label in labels[1:]] == [False] * (MAX_FIGURES - 1)
+    assert all(label["visible"] is False for label in figure_labels(None))
+
+
+def test_every_lesson_fits_the_tabs_figure_slots(tiny):
+    for name in LESSONS:
+        assert len(run_lesson(tiny, name, LessonOptions(seeds=1, steps=2)).figures) <= MAX_FIGURES
 
 
 def test_lessons_share_the_model_queue(tiny):

@@ -22,6 +22,7 @@ from ella_demo.learn.pieces import BLOCK_VIEWS
 
 # A lesson may ask for this many times the traced work one generation may (its runs are untraced).
 LESSON_WORK = 4
+MAX_FIGURES = 3  # the most figures a lesson makes; the tab has an image slot for each
 
 
 class LearnUI:
@@ -60,9 +61,8 @@ class LearnUI:
             with self.explorer.runs.running(session) as run:
                 result = self._run_on_device(lesson, options, run, progress)
         except GenerationCancelledError as stopped:
-            return f"⏹️ {stopped}", [], None, *self._block_labels(None)
-        gallery = [(image, name.replace("_", " ")) for name, image in result.figures.items()]
-        return self._page(result), gallery, result, *self._block_labels(result)
+            return f"⏹️ {stopped}", *_figure_slots(None), None, *self._block_labels(None)
+        return self._page(result), *_figure_slots(result), result, *self._block_labels(result)
 
     def _check_work(self, name: str, options: LessonOptions) -> None:
         side = self.explorer.models.native_size
@@ -76,7 +76,7 @@ class LearnUI:
             )
 
     def _page(self, result: LessonResult) -> str:
-        page = markdown(result).split("\n![", 1)[0]  # the figures are in the gallery below
+        page = markdown(result).split("\n![", 1)[0]  # the figures have their own image slots below
         random = self.explorer.models.random_weights
         warning = (
             f"⚠️ Random weights ({self.explorer.models.preset} preset): the images are noise.\n\n" if random else ""
@@ -122,6 +122,19 @@ class LearnUI:
             for path in paths:
                 bundle.write(path, f"{result.name}/{path.name}")
         return str(archive)
+
+
+def _figure_slots(result: LessonResult | None) -> list:
+    """The tab's MAX_FIGURES image slots: the lesson's figures in order, then None (what the API returns)."""
+    figures = list(result.figures.values()) if result is not None else []
+    return figures + [None] * (MAX_FIGURES - len(figures))
+
+
+def figure_labels(result: LessonResult | None) -> list:
+    """The slots' labels and visibility for the session's lesson (a UI-only step after the run)."""
+    names = list(result.figures) if result is not None else []
+    return [gr.update(label=names[index].replace("_", " "), visible=True) if index < len(names) else
+            gr.update(visible=False) for index in range(MAX_FIGURES)]  # fmt: skip
 
 
 def _token_line(encoder: str, tokens) -> str:

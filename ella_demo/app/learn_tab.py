@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ella_demo.app.learn_handlers import BLOCK_TITLES, LearnUI
+from ella_demo.app.learn_handlers import BLOCK_TITLES, MAX_FIGURES, LearnUI, figure_labels
 from ella_demo.app.serving import VIEW_CONCURRENCY, ServingLimits, model_work
 from ella_demo.core.models import LoadedModels
 from ella_demo.core.settings import DEFAULT_STEPS, SEED_RANGE
@@ -81,25 +81,24 @@ def learn_tab(ui: LearnUI, models: LoadedModels, limits: ServingLimits) -> None:
         stop = gr.Button("Stop", variant="stop", scale=1)
     page = gr.Markdown(elem_id="lesson-page")
     diagram, buttons, shapes, block_text, block_image = _diagram()
-    figures = gr.Gallery(
-        label="Figures (click one to enlarge)",
-        columns=4,
-        height=640,
-        preview=True,
-        object_fit="contain",
-        elem_id="lesson-figures",
-    )
+    with gr.Column(elem_id="lesson-figures"):
+        figures = [gr.Image(format="png", interactive=False, visible=False) for _ in range(MAX_FIGURES)]
     with gr.Row():
         download = gr.Button("Download this lesson (zip)")
         files = gr.File(label="Handout")
     state = gr.State(None, time_to_live=3600)
 
-    lesson.change(lambda name: (_lesson_note(name, models.preset), gr.update(**_second_prompt(name)),
-                                gr.update(visible=name == "pieces")),
-                  lesson, [note, second, diagram], api_name=False)  # fmt: skip
+    def on_lesson(name: str) -> list:
+        """Another lesson: its note and second prompt; the last lesson's page and figures are cleared."""
+        cleared = [gr.update(value=None, visible=False)] * len(figures)
+        return [_lesson_note(name, models.preset), gr.update(**_second_prompt(name)),
+                gr.update(visible=name == "pieces"), "", *cleared]  # fmt: skip
+
+    lesson.change(on_lesson, lesson, [note, second, diagram, page, *figures], api_name=False)
     labelled = [shapes[key] for key in BLOCK_VIEWS]  # in the order ui.run returns the shapes
-    run.click(ui.run, [lesson, prompt, second, seed, seeds, steps], [page, figures, state, *labelled],
-              api_name="learn", preprocess=False, **model_work(limits))  # fmt: skip
+    ran = run.click(ui.run, [lesson, prompt, second, seed, seeds, steps], [page, *figures, state, *labelled],
+                    api_name="learn", preprocess=False, **model_work(limits))  # fmt: skip
+    ran.then(figure_labels, state, figures, api_name=False, concurrency_limit=VIEW_CONCURRENCY)
     stop.click(ui.explorer.stop, None, None, api_name=False, concurrency_limit=None)
     for key, button in buttons.items():
         button.click(lambda result, key=key: ui.open_block(result, key), state, [block_text, block_image],

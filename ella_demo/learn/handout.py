@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 from ella_demo.learn.base import LessonResult
@@ -11,7 +12,7 @@ from ella_demo.learn.base import LessonResult
 def markdown(result: LessonResult, figure_folder: str = ".") -> str:
     """The lesson's page: title, what to look for, the evidence (labelled measured or cited), settings, figures."""
     label = "Measured here" if result.evidence.kind == "measured" else "Cited from the paper"
-    settings = ", ".join(f"{name} {value}" for name, value in result.settings.items())
+    settings = ", ".join(f"{name} {value}" for name, value in result.settings.items() if "prompt" not in name)
     lines = [
         f"# {result.title}",
         "",
@@ -19,11 +20,23 @@ def markdown(result: LessonResult, figure_folder: str = ".") -> str:
         "",
         f"**{label}.** {result.evidence.text}",
         "",
-        f"Settings: {settings}. Command: `python -m ella_demo learn {result.name}`.",
+        f"Settings: {settings}. Command: `{command(result)}`.",
         "",
     ]
     lines += [f"![{name}]({figure_folder}/{name}.png)\n" for name in result.figures]
     return "\n".join(lines)
+
+
+def command(result: LessonResult) -> str:
+    """The command line that runs the lesson again with the same settings (on the same preset)."""
+    settings = result.settings
+    words = ["python", "-m", "ella_demo", "learn", result.name, "--preset", str(settings.get("preset", "pocket"))]
+    flags = {"seed": "--seed", "seeds": "--seeds", "num_inference_steps": "--steps", "guidance_scale": "--guidance",
+             "prompt": "--prompt", "second_prompt": "--second-prompt"}  # fmt: skip
+    for name, flag in flags.items():
+        if name in settings:
+            words += [flag, str(settings[name])]
+    return shlex.join(words)
 
 
 def write_handout(result: LessonResult, folder: Path) -> list[Path]:

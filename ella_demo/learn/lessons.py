@@ -70,5 +70,7 @@ def run_lesson(
     module = LESSONS[name].module
     runner = LessonRunner(models, options, module.images(options), progress)
     result = module.lesson(runner, options)
-    result.settings = {**runner.settings(), "seed": options.seed, "seeds": options.seeds, "preset": models.preset}
+    given = {"prompt": options.prompt, "second_prompt": options.second_prompt}
+    result.settings = {**runner.settings(), "seed": options.seed, "seeds": options.seeds, "preset": models.preset,
+                       **{name: text for name, text in given.items() if text is not None}}  # fmt: skip
     return result
