@@ -74,10 +74,10 @@ def test_blocks_open_their_views_and_the_download_holds_the_handout(tiny):
     import zipfile
 
     ui = LearnUI(ExplorerUI(tiny))
-    result = ui.run("pieces", **FAST)[1 + MAX_FIGURES]
-    text, image = ui.open_block(result, "clip")
+    result = ui.run("pieces", **FAST)["lesson_state"]
+    text, image = ui.open_block(result, "clip").values()
     assert "**CLIP** read 77 tokens" in text and "end or padding tokens" in text and image["visible"] is False
-    text, image = ui.open_block(result, "connector")
+    text, image = ui.open_block(result, "connector").values()
     assert "Connector queries" in text and image["visible"] is True and image["value"].width > 0
     with pytest.raises(gr.Error, match="Block must be one of"):
         ui.open_block(result, "scheduler")
@@ -87,10 +87,10 @@ def test_blocks_open_their_views_and_the_download_holds_the_handout(tiny):
 
 def test_figure_slots_show_a_lessons_figures_by_name_and_hide_the_rest(tiny):
     result = run_lesson(tiny, "timestep_aware", LessonOptions(seeds=1, steps=2))
-    labels = figure_labels(result)
+    labels = list(figure_labels(result).values())
     assert labels[0]["label"] == "pictures" and labels[0]["visible"] is True
     assert [label["visible"] for label in labels[1:]] == [False] * (MAX_FIGURES - 1)
-    assert all(label["visible"] is False for label in figure_labels(None))
+    assert all(label["visible"] is False for label in figure_labels(None).values())
 
 
 def test_every_lesson_fits_the_tabs_figure_slots(tiny):

@@ -1,21 +1,19 @@
 """The Compare tab: the settings, both sides' images, and the views scrubbed through the run's steps.
 
 Every component of the tab is known by a name ("prompt", "step", "word_maps"...), the names the
-handlers return their outputs under; `_by_name` turns a handler's {name: value} into Gradio's
+handlers return their outputs under; `handlers.by_name` turns a handler's {name: value} into Gradio's
 {component: value}, so no handler depends on the order of an event's outputs.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import random
-from collections.abc import Callable
 from importlib import resources
 
 import gradio as gr
 
-from ella_demo.app.handlers import ExplorerUI
+from ella_demo.app.handlers import ExplorerUI, by_name
 from ella_demo.app.serving import VIEW_CONCURRENCY, ServingLimits, model_work
 from ella_demo.core.models import LoadedModels
 from ella_demo.core.settings import (
@@ -51,16 +49,6 @@ def example_prompts(preset: str = "sd15") -> list[str]:
     text = resources.files("ella_demo.app").joinpath("example_prompts.json").read_text(encoding="utf-8")
     wanted = "pocket" if preset == "pocket" else "sd15"
     return [entry["prompt"] for entry in json.loads(text) if entry.get("preset", "sd15") == wanted]
-
-
-def _by_name(handler: Callable, parts: dict[str, gr.components.Component]) -> Callable:
-    """`handler`, with its {output name: value} returned as Gradio's {component: value}."""
-
-    @functools.wraps(handler)
-    def to_components(*args, **kwargs):
-        return {parts[name]: value for name, value in handler(*args, **kwargs).items()}
-
-    return to_components
 
 
 def _prompt_and_seed(preset: str) -> dict[str, gr.components.Component]:
@@ -219,7 +207,7 @@ def _time_views() -> dict[str, gr.components.Component]:
 def _wire_generation(ui: ExplorerUI, parts: dict, limits: ServingLimits) -> None:
     """Generate (button or Enter), Stop and the random seed."""
     generation = {
-        "fn": _by_name(ui.run_generate, parts),
+        "fn": by_name(ui.run_generate, parts),
         "inputs": [parts[name] for name in GENERATE_INPUTS],
         "outputs": [parts[name] for name in GENERATE_OUTPUTS],
         "preprocess": False,  # raw inputs: run_generate checks each value and names it
@@ -238,12 +226,12 @@ def _wire_views(ui: ExplorerUI, parts: dict) -> None:
         return [parts[name] for name in names]
 
     on_step = {
-        "fn": _by_name(ui.on_step, parts),
+        "fn": by_name(ui.on_step, parts),
         "inputs": components("session", "step", "block", "head", "word", "window"),
         "outputs": components(*STEP_VIEWS),
     }
     on_time_controls = {
-        "fn": _by_name(ui.on_time_controls, parts),
+        "fn": by_name(ui.on_time_controls, parts),
         "inputs": components("session", "normalisation", "block", "head", "pieces"),
         "outputs": components(*TIME_VIEWS),
     }

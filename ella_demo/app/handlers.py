@@ -8,6 +8,7 @@ its components, and an output left out of the dict is not updated.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import zipfile
 from collections.abc import Callable
@@ -46,6 +47,16 @@ def for_display(image: Image.Image) -> Image.Image:
     if factor == 1:
         return image
     return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+
+
+def by_name(handler: Callable, parts: dict[str, gr.components.Component]) -> Callable:
+    """`handler`, with its {output name: value} returned as Gradio's {component: value}."""
+
+    @functools.wraps(handler)
+    def to_components(*args, **kwargs):
+        return {parts[name]: value for name, value in handler(*args, **kwargs).items()}
+
+    return to_components
 
 
 class RequestTooLargeError(ExplorerError):

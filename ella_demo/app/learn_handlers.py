@@ -42,8 +42,8 @@ class LearnUI:
 
     @reported
     def run(self, lesson, prompt="", second_prompt="", seed=0, seeds=4, steps=25, request: gr.Request = None,
-            progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008 - Gradio injects progress this way  # fmt: skip
-        """Run `lesson` (a LESSONS name): its page (Markdown), figures, the session's lesson and the diagram's shapes.
+            progress: gr.Progress = gr.Progress()) -> dict:  # noqa: B008 - Gradio injects progress this way  # fmt: skip
+        """Run `lesson` (a LESSONS name): its "page" (Markdown), "figure_I", the session's "lesson_state", "shapes_KEY".
 
         Empty prompts are the lesson's examples. Inputs arrive raw and are checked here, under their UI labels.
         """
@@ -61,8 +61,13 @@ class LearnUI:
             with self.explorer.runs.running(session) as run:
                 result = self._run_on_device(lesson, options, run, progress)
         except GenerationCancelledError as stopped:
-            return f"⏹️ {stopped}", *_figure_slots(None), None, *self._block_labels(None)
-        return self._page(result), *_figure_slots(result), result, *self._block_labels(result)
+            return {"page": f"⏹️ {stopped}"}
+        return {
+            "page": self._page(result),
+            "lesson_state": result,
+            **_figure_slots(result),
+            **self._block_labels(result),
+        }
 
     def _check_work(self, name: str, options: LessonOptions) -> None:
         side = self.explorer.models.native_size
@@ -84,31 +89,30 @@ class LearnUI:
         return warning + page
 
     @staticmethod
-    def _block_labels(result: LessonResult | None) -> list[str]:
-        """Under each block of the diagram, this run's shapes (the pieces lesson; else nothing), one per line."""
-        shapes = result.numbers.get("shapes", {}) if result is not None and result.name == "pieces" else {}
-        return ["<br>".join(f"`{line}`" for line in shapes[key].splitlines()) if key in shapes else ""
-                for key in BLOCK_VIEWS]  # fmt: skip
+    def _block_labels(result: LessonResult) -> dict[str, str]:
+        """Under each block of the diagram ("shapes_KEY"), this run's shapes (the pieces lesson; else nothing)."""
+        shapes = result.numbers.get("shapes", {}) if result.name == "pieces" else {}
+        return {f"shapes_{key}": "<br>".join(f"`{line}`" for line in shapes.get(key, "").splitlines())
+                for key in BLOCK_VIEWS}  # fmt: skip
 
     @reported
-    def open_block(self, result: LessonResult | None, block: str) -> tuple:
-        """The view a block of the diagram opens, from the session's pieces lesson: (Markdown, image)."""
+    def open_block(self, result: LessonResult | None, block: str) -> dict:
+        """The view a block of the diagram opens, from the session's pieces lesson: "block_text", "block_image"."""
         check_choice("block", block, tuple(BLOCK_VIEWS))
         if result is None or result.run is None:
             raise InputError("block", "opens a view of the pieces lesson's run: run that lesson first.")
-        run = result.run
-        view = BLOCK_VIEWS[block]
+        run, view = result.run, BLOCK_VIEWS[block]
         if view == "tokens":
-            return "\n\n".join(_token_line(name, tokens) for name, tokens in run.prompt_tokens.items()), gr.update(
-                value=None, visible=False)  # fmt: skip
+            text = "\n\n".join(_token_line(name, tokens) for name, tokens in run.prompt_tokens.items())
+            return {"block_text": text, "block_image": gr.update(value=None, visible=False)}
         if view == "pictures":
             grid = image_grid_figure([[run.clip_images[0], run.ella_images[0]]], [f"seed {run.settings.seed}"],
                                      ["CLIP", "ELLA"], "What the VAE decoded, both sides")  # fmt: skip
-            return f"The decoded pictures, {run.clip_images[0].width} px.", gr.update(
-                value=to_image(grid), visible=True
-            )
-        figure = result.figures.get("connector_queries" if view == "connector queries" else "word_maps")
-        return f"**{view.capitalize()}** at the last step of the run.", gr.update(value=figure, visible=True)
+            text, image = f"The decoded pictures, {run.clip_images[0].width} px.", to_image(grid)
+        else:
+            text = f"**{view.capitalize()}** at the last step of the run."
+            image = result.figures.get("connector_queries" if view == "connector queries" else "word_maps")
+        return {"block_text": text, "block_image": gr.update(value=image, visible=True)}
 
     @reported
     def download(self, result: LessonResult | None) -> str:
@@ -124,17 +128,17 @@ class LearnUI:
         return str(archive)
 
 
-def _figure_slots(result: LessonResult | None) -> list:
-    """The tab's MAX_FIGURES image slots: the lesson's figures in order, then None (what the API returns)."""
-    figures = list(result.figures.values()) if result is not None else []
-    return figures + [None] * (MAX_FIGURES - len(figures))
+def _figure_slots(result: LessonResult) -> dict:
+    """The tab's MAX_FIGURES image slots ("figure_I"): the lesson's figures in order, then None."""
+    figures = list(result.figures.values())
+    return {f"figure_{index}": figures[index] if index < len(figures) else None for index in range(MAX_FIGURES)}
 
 
-def figure_labels(result: LessonResult | None) -> list:
-    """The slots' labels and visibility for the session's lesson (a UI-only step after the run)."""
+def figure_labels(result: LessonResult | None) -> dict:
+    """The slots' labels and visibility ("figure_I") for the session's lesson (a UI-only step after the run)."""
     names = list(result.figures) if result is not None else []
-    return [gr.update(label=names[index].replace("_", " "), visible=True) if index < len(names) else
-            gr.update(visible=False) for index in range(MAX_FIGURES)]  # fmt: skip
+    return {f"figure_{index}": gr.update(label=names[index].replace("_", " "), visible=True) if index < len(names)
+            else gr.update(visible=False) for index in range(MAX_FIGURES)}  # fmt: skip
 
 
 def _token_line(encoder: str, tokens) -> str:

@@ -6,8 +6,11 @@ view of the run (tokens, connector queries, word maps, pictures).
 
 from __future__ import annotations
 
+import functools
+
 import gradio as gr
 
+from ella_demo.app.handlers import by_name
 from ella_demo.app.learn_handlers import BLOCK_TITLES, MAX_FIGURES, LearnUI, figure_labels
 from ella_demo.app.serving import VIEW_CONCURRENCY, ServingLimits, model_work
 from ella_demo.core.models import LoadedModels
@@ -62,45 +65,71 @@ def _diagram() -> tuple[gr.Group, dict[str, gr.Button], dict[str, gr.Markdown], 
 ARROWS = ("### ➜", "### ↳", "↗ **into the UNet**, in place of the connector's tokens")
 
 
+def _controls(models: LoadedModels) -> dict[str, gr.components.Component]:
+    """The lesson picker, its note, the prompts, seeds and steps, and the Run and Stop buttons."""
+    first = next(iter(LESSONS))
+    parts = {
+        "lesson": gr.Radio([(item.title, name) for name, item in LESSONS.items()], value=first, label="Lesson",
+                           elem_id="lesson"),
+        "note": gr.Markdown(_lesson_note(first, models.preset)),
+    }  # fmt: skip
+    with gr.Row():
+        parts["prompt"] = gr.Textbox("", label="Prompt (empty: the lesson's example)", lines=2, elem_id="lesson-prompt")
+        parts["second_prompt"] = gr.Textbox(lines=2, elem_id="lesson-second-prompt", **_second_prompt(first))
+    with gr.Row():
+        parts["seed"] = gr.Number(label="Seed", value=0, precision=0, minimum=SEED_RANGE[0], maximum=SEED_RANGE[1])
+        parts["seeds"] = gr.Slider(*SEEDS_RANGE, value=4, step=1, label="Seeds per measurement")
+        parts["steps"] = gr.Slider(*STEPS_RANGE, value=DEFAULT_STEPS, step=1, label="Steps")
+    with gr.Row():
+        parts["run"] = gr.Button("Run lesson", variant="primary", elem_id="run-lesson", scale=4)
+        parts["stop"] = gr.Button("Stop", variant="stop", scale=1)
+    return parts
+
+
+def _results() -> dict[str, gr.components.Component]:
+    """What a lesson shows: its page, the pieces diagram, a slot per figure, the handout download."""
+    parts = {"page": gr.Markdown(elem_id="lesson-page")}
+    parts["diagram"], buttons, shapes, parts["block_text"], parts["block_image"] = _diagram()
+    parts |= {f"button_{key}": button for key, button in buttons.items()}
+    parts |= {f"shapes_{key}": markdown for key, markdown in shapes.items()}
+    with gr.Column(elem_id="lesson-figures"):
+        parts |= {f"figure_{index}": gr.Image(format="png", interactive=False, visible=False)
+                  for index in range(MAX_FIGURES)}  # fmt: skip
+    with gr.Row():
+        parts["download"] = gr.Button("Download this lesson (zip)")
+        parts["files"] = gr.File(label="Handout")
+    parts["lesson_state"] = gr.State(None, time_to_live=3600)
+    return parts
+
+
+# What the /learn endpoint returns, in this order (the session's lesson is not part of its API).
+FIGURE_SLOTS = tuple(f"figure_{index}" for index in range(MAX_FIGURES))
+LEARN_OUTPUTS = ("page", *FIGURE_SLOTS, "lesson_state", *(f"shapes_{key}" for key in BLOCK_VIEWS))
+LEARN_INPUTS = ("lesson", "prompt", "second_prompt", "seed", "seeds", "steps")
+
+
 def learn_tab(ui: LearnUI, models: LoadedModels, limits: ServingLimits) -> None:
     """Lay out the tab and wire its events."""
     gr.Markdown(INTRO)
-    first = next(iter(LESSONS))
-    lesson = gr.Radio([(item.title, name) for name, item in LESSONS.items()], value=first, label="Lesson",
-                      elem_id="lesson")  # fmt: skip
-    note = gr.Markdown(_lesson_note(first, models.preset))
-    with gr.Row():
-        prompt = gr.Textbox("", label="Prompt (empty: the lesson's example)", lines=2, elem_id="lesson-prompt")
-        second = gr.Textbox(lines=2, elem_id="lesson-second-prompt", **_second_prompt(first))
-    with gr.Row():
-        seed = gr.Number(label="Seed", value=0, precision=0, minimum=SEED_RANGE[0], maximum=SEED_RANGE[1])
-        seeds = gr.Slider(*SEEDS_RANGE, value=4, step=1, label="Seeds per measurement")
-        steps = gr.Slider(*STEPS_RANGE, value=DEFAULT_STEPS, step=1, label="Steps")
-    with gr.Row():
-        run = gr.Button("Run lesson", variant="primary", elem_id="run-lesson", scale=4)
-        stop = gr.Button("Stop", variant="stop", scale=1)
-    page = gr.Markdown(elem_id="lesson-page")
-    diagram, buttons, shapes, block_text, block_image = _diagram()
-    with gr.Column(elem_id="lesson-figures"):
-        figures = [gr.Image(format="png", interactive=False, visible=False) for _ in range(MAX_FIGURES)]
-    with gr.Row():
-        download = gr.Button("Download this lesson (zip)")
-        files = gr.File(label="Handout")
-    state = gr.State(None, time_to_live=3600)
+    parts = {**_controls(models), **_results()}
 
-    def on_lesson(name: str) -> list:
+    def components(*names: str) -> list[gr.components.Component]:
+        return [parts[name] for name in names]
+
+    def on_lesson(name: str) -> dict:
         """Another lesson: its note and second prompt; the last lesson's page and figures are cleared."""
-        cleared = [gr.update(value=None, visible=False)] * len(figures)
-        return [_lesson_note(name, models.preset), gr.update(**_second_prompt(name)),
-                gr.update(visible=name == "pieces"), "", *cleared]  # fmt: skip
+        return {"note": _lesson_note(name, models.preset), "second_prompt": gr.update(**_second_prompt(name)),
+                "diagram": gr.update(visible=name == "pieces"), "page": "",
+                **{slot: gr.update(value=None, visible=False) for slot in FIGURE_SLOTS}}  # fmt: skip
 
-    lesson.change(on_lesson, lesson, [note, second, diagram, page, *figures], api_name=False)
-    labelled = [shapes[key] for key in BLOCK_VIEWS]  # in the order ui.run returns the shapes
-    ran = run.click(ui.run, [lesson, prompt, second, seed, seeds, steps], [page, *figures, state, *labelled],
-                    api_name="learn", preprocess=False, **model_work(limits))  # fmt: skip
-    ran.then(figure_labels, state, figures, api_name=False, concurrency_limit=VIEW_CONCURRENCY)
-    stop.click(ui.explorer.stop, None, None, api_name=False, concurrency_limit=None)
-    for key, button in buttons.items():
-        button.click(lambda result, key=key: ui.open_block(result, key), state, [block_text, block_image],
-                     api_name=False, concurrency_limit=VIEW_CONCURRENCY)  # fmt: skip
-    download.click(ui.download, state, files, api_name=False, concurrency_limit=VIEW_CONCURRENCY)
+    cleared = components("note", "second_prompt", "diagram", "page", *FIGURE_SLOTS)
+    parts["lesson"].change(by_name(on_lesson, parts), parts["lesson"], cleared, api_name=False)
+    ran = parts["run"].click(by_name(ui.run, parts), components(*LEARN_INPUTS), components(*LEARN_OUTPUTS),
+                             api_name="learn", preprocess=False, **model_work(limits))  # fmt: skip
+    views = {"api_name": False, "concurrency_limit": VIEW_CONCURRENCY}
+    ran.then(by_name(figure_labels, parts), parts["lesson_state"], components(*FIGURE_SLOTS), **views)
+    parts["stop"].click(ui.explorer.stop, None, None, api_name=False, concurrency_limit=None)
+    for key in BLOCK_VIEWS:
+        opener = by_name(functools.partial(ui.open_block, block=key), parts)
+        parts[f"button_{key}"].click(opener, parts["lesson_state"], components("block_text", "block_image"), **views)
+    parts["download"].click(ui.download, parts["lesson_state"], parts["files"], **views)
