@@ -76,6 +76,6 @@ def test_with_zerogpu_the_handlers_are_wrapped(monkeypatch, tiny):
     module = load_space_app("space_app_zerogpu")
     monkeypatch.setattr(module, "load_models", lambda preset: tiny)
     app = module.create_app("tiny")
-    assert sorted(name for name, _ in wrapped) == ["_generate_on_device", "_probe_on_device"]
+    assert sorted(name for name, _ in wrapped) == ["_generate_on_device", "_probe_on_device", "_run_on_device"]
     assert all(duration == module.GPU_SECONDS for _, duration in wrapped)
     assert app.title == "ELLA Explorer"
