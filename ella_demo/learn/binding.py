@@ -27,6 +27,11 @@ PAPER = (
     "Cited from the paper, not measured here: on DPG-Bench, whose questions check such attribute bindings among "
     "others, ELLA-SD1.5 scores 74.91 overall against SD1.5's 63.18 (paper, table 4)."
 )
+LOOK_FOR = (
+    "Compare each column top and bottom: a model that binds colours to shapes swaps them with the words; one "
+    "that reads a bag of words draws similar pictures for both prompts. In the pocket world the bars count, over "
+    "several seeds, how often each side draws exactly what was asked."
+)
 
 
 def swapped_twin(prompt: str) -> str | None:
@@ -57,7 +62,7 @@ def run(runner: LessonRunner, prompt: str, twin: str) -> LessonResult:
     }
     numbers = {"prompts": prompts, "seeds": list(runner.seeds)}
     if not runner.measured:
-        return _result(figures, numbers, Evidence("cited", PAPER))
+        return LessonResult(NAME, TITLE, LOOK_FOR, Evidence("cited", PAPER), numbers, figures)
     wanted = {key: requested_objects(text) for key, text in prompts.items()}
     numbers["asked"] = {key: [list(pair) for pair in pairs] for key, pairs in wanted.items()}
     accuracy = {side: _binding(results, wanted, side) for side in ("clip", "ella")}
@@ -71,7 +76,7 @@ def run(runner: LessonRunner, prompt: str, twin: str) -> LessonResult:
         for side, sides in accuracy.items()
     }
     figures["binding"] = to_image(category_bars_figure(percent, "Colour-shape pairs the detector finds (%)"))
-    return _result(figures, numbers, Evidence("measured", _measured_text(accuracy, wanted)))
+    return LessonResult(NAME, TITLE, LOOK_FOR, Evidence("measured", _measured_text(accuracy, wanted)), numbers, figures)
 
 
 def _binding(results: dict, wanted: dict, side: str) -> dict:
@@ -99,19 +104,6 @@ def _measured_text(accuracy: dict, wanted: dict) -> str:
             f"{sum(item['of'] for item in pairs)} pairs)"
         )
     return "Measured by the pocket detector over both prompts: " + "; ".join(parts) + "."
-
-
-def _result(figures: dict, numbers: dict, evidence: Evidence) -> LessonResult:
-    return LessonResult(
-        NAME,
-        TITLE,
-        "Compare each column top and bottom: a model that binds colours to shapes swaps them with the words; one "
-        "that reads a bag of words draws similar pictures for both prompts. The bars count, over several seeds, "
-        "how often each side draws exactly what was asked.",
-        evidence,
-        numbers,
-        figures,
-    )
 
 
 def images(options: LessonOptions) -> int:

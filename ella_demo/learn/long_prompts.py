@@ -36,6 +36,11 @@ PAPER = (
     "Cited from the paper, not measured here: DPG-Bench's 1,065 prompts are dense descriptions of this kind, and "
     "ELLA-SD1.5 scores 74.91 on them against SD1.5's 63.18 (paper, table 4)."
 )
+LOOK_FOR = (
+    "The highlighted tail of the prompt is what CLIP cuts off: the CLIP side is generated as if it were never "
+    "written, while the language model reads it all. Look for the objects named only in the tail: in the pocket "
+    "world the bars count how often each side draws them."
+)
 
 
 def kept_characters(encoding: TextEncoding) -> int:
@@ -88,12 +93,11 @@ def lesson(runner: LessonRunner, options: LessonOptions) -> LessonResult:
     }
     late = named_only_after(prompt, cut) if clip.dropped_tokens else ()
     if not runner.measured:
-        return _result(figures, numbers, Evidence("cited", PAPER))
+        return LessonResult(NAME, TITLE, LOOK_FOR, Evidence("cited", PAPER), numbers, figures)
     if not late:
-        return _result(
-            figures, numbers, Evidence("measured", "No object is named (colour before shape) after the cut.")
-        )
-    return _result(figures, numbers, _measure_late_objects(results, late, figures, numbers))
+        note = Evidence("measured", "No object is named (colour before shape) after the cut.")
+        return LessonResult(NAME, TITLE, LOOK_FOR, note, numbers, figures)
+    return LessonResult(NAME, TITLE, LOOK_FOR, _measure_late_objects(results, late, figures, numbers), numbers, figures)
 
 
 def _measure_late_objects(results: list, late: tuple, figures: dict, numbers: dict) -> Evidence:
@@ -118,17 +122,4 @@ def _measure_late_objects(results: list, late: tuple, figures: dict, numbers: di
     return Evidence(
         "measured",
         f"Measured by the pocket detector, pictures with the colour of every object named after CLIP's cut: {text}.",
-    )
-
-
-def _result(figures: dict, numbers: dict, evidence: Evidence) -> LessonResult:
-    return LessonResult(
-        NAME,
-        TITLE,
-        "The highlighted tail of the prompt is what CLIP cuts off: the CLIP side is generated as if it were never "
-        "written, while the language model reads it all. Look for the objects named only in the tail: the bars "
-        "count how often each side draws them.",
-        evidence,
-        numbers,
-        figures,
     )

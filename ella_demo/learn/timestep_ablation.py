@@ -29,7 +29,7 @@ PAPER = (
 LOOK_FOR = (
     "Same seed, same noise, only the timestep the connector is told changes. Told 999 throughout, the UNet "
     "reads layout-and-colour tokens even while it draws details; told 100, it reads detail tokens while it lays "
-    "out the picture. The bars count how often each variant draws what the prompt asks."
+    "out the picture. In the pocket world the bars count how often each variant draws what the prompt asks."
 )
 
 
