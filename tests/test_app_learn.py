@@ -62,6 +62,14 @@ def test_a_lesson_over_the_work_cap_is_refused_before_any_image(tiny):
         ui.run("when_a_word_matters", seeds=8, steps=50)
 
 
+def test_a_stopped_lesson_says_so_and_clears_the_last_one(tiny, monkeypatch):
+    ui = LearnUI(ExplorerUI(tiny))
+    monkeypatch.setattr(ui.explorer.runs, "is_stopped", lambda run: True)
+    shown = ui.run("pieces", **FAST)
+    assert shown["page"].startswith("⏹️ Stopped after 0.5 of 1 images") and shown["lesson_state"] is None
+    assert [shown[f"figure_{index}"] for index in range(MAX_FIGURES)] == [None] * MAX_FIGURES
+
+
 def test_blocks_and_downloads_need_a_lesson_first(tiny, tmp_path):
     ui = LearnUI(ExplorerUI(tiny))
     with pytest.raises(gr.Error, match="run that lesson first"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ from ella_demo import generate
 from ella_demo.cli import main
 from ella_demo.core.errors import GenerationCancelledError, InputError
 from ella_demo.core.settings import SettingsError, default_guidance
+from ella_demo.inspect.figures import to_image
+from ella_demo.inspect.lesson_figures import prompt_cut_figure
 from ella_demo.learn import LESSONS, LessonOptions, run_lesson
 from ella_demo.learn.binding import swapped_twin
 from ella_demo.learn.handout import write_handout
@@ -52,7 +55,7 @@ def test_each_lesson_runs_on_pocket_with_figures_measured_numbers_and_text(lesso
         pixels = np.asarray(image)
         assert image.width >= 400 and image.height >= 200 and pixels.std() > 5  # drawn, not blank
     assert result.evidence.kind == "measured" and result.evidence.text
-    assert 2 <= result.look_for.count(". ") + 1 <= 4  # two or three sentences
+    assert len(re.findall(r"[.!?](?:\s|$)", result.look_for)) in (2, 3)  # two or three sentences
     assert result.settings == {"num_inference_steps": 10, "guidance_scale": default_guidance("pocket"), "seed": 0,
                                "seeds": 2, "preset": "pocket"}  # fmt: skip
     json.dumps(result.as_json())
@@ -106,23 +109,39 @@ def test_the_timestep_lesson_measures_every_variant_on_every_seed(lessons):
     assert all(values["colour"]["of"] == 2 for values in measured.values())
 
 
+def test_the_timestep_lessons_real_variant_is_a_plain_run_and_a_fixed_one_differs(tiny):
+    result = run_lesson(tiny, "timestep_aware", LessonOptions(seeds=1, steps=3))
+    grid = np.asarray(result.figures["pictures"])
+    plain = generate(tiny, result.numbers["prompt"], seed=0, num_inference_steps=3, guidance_scale=10.0, sides="ella")
+    fixed = generate(tiny, result.numbers["prompt"], seed=0, num_inference_steps=3, guidance_scale=10.0, sides="ella",
+                     connector_timestep=999)  # fmt: skip
+    assert not np.array_equal(plain.ella_pixels, fixed.ella_pixels)  # so the variants can differ at all
+    assert grid.std() > 5
+
+
 def test_presets_without_a_detector_cite_the_paper(tiny):
     result = run_lesson(tiny, "bag_of_words", LessonOptions(seeds=1, steps=2))
     assert result.evidence.kind == "cited" and "paper" in result.evidence.text and "binding" not in result.numbers
 
 
-def test_progress_counts_every_generation_and_may_stop_the_lesson(tiny):
+def test_progress_counts_every_step_of_every_generation_and_may_stop_the_lesson(tiny):
     seen = []
     run_lesson(
         tiny, "when_a_word_matters", LessonOptions(seeds=2, steps=4), lambda done, total: seen.append((done, total))
     )
-    assert seen == [(done, 10) for done in range(1, 11)]  # 5 switch points (0..4, deduplicated) x 2 seeds
+    # 5 switch points (0..4) x 2 seeds = 10 images of 4 steps each, reported in images.
+    assert len(seen) == 40 and {total for _, total in seen} == {10}
+    assert [done for done, _ in seen] == [image + step / 4 for image in range(10) for step in range(1, 5)]
+
+    calls = []
 
     def stop(done, total):
+        calls.append(done)
         raise GenerationCancelledError(done, total)
 
     with pytest.raises(GenerationCancelledError):
         run_lesson(tiny, "timestep_aware", LessonOptions(seeds=1, steps=2), stop)
+    assert calls == [0.5]  # stopped after the first step of the first image
 
 
 @pytest.mark.parametrize(
@@ -136,6 +155,8 @@ def test_progress_counts_every_generation_and_may_stop_the_lesson(tiny):
         ("pieces", LessonOptions(seed=2**32 - 1, seeds=2), "seed plus seeds - 1 must stay at most"),
         ("long_prompts", LessonOptions(prompt="   "), "prompt is empty"),
         ("bag_of_words", LessonOptions(prompt="a red circle"), "second prompt is needed"),
+        ("bag_of_words", LessonOptions(prompt="a red cube and a red ball"), "second prompt is needed"),
+        ("when_a_word_matters", LessonOptions(prompt="   "), "prompt is empty"),
     ],
 )
 def test_bad_options_are_refused_by_name_before_any_image(tiny, name, options, message):
@@ -143,9 +164,16 @@ def test_bad_options_are_refused_by_name_before_any_image(tiny, name, options, m
         run_lesson(tiny, name, options, lambda *_: pytest.fail("no image may be generated"))
 
 
-def test_a_bad_prompt_is_the_engines_error(tiny):
+@pytest.mark.parametrize("name", ["pieces", "long_prompts", "bag_of_words"])
+def test_a_bad_prompt_is_the_engines_error_before_any_image(tiny, name):
+    options = LessonOptions(prompt="a red \ud800 cat", second_prompt="a blue cat", steps=2)
     with pytest.raises(SettingsError, match="prompt contains a character that is not valid text"):
-        run_lesson(tiny, "pieces", LessonOptions(prompt="a \ud800 cat", steps=2))
+        run_lesson(tiny, name, options, lambda *_: pytest.fail("no image may be generated"))
+
+
+def test_prompts_the_detector_cannot_read_are_said_not_measured(pocket):
+    result = run_lesson(pocket, "bag_of_words", LessonOptions("a red cat", "a blue cat", seeds=1, steps=2))
+    assert result.evidence.text.startswith("Not measured") and "binding" not in result.numbers
 
 
 def test_prompts_are_read_for_colour_shape_pairs_paraphrases_included():
@@ -167,10 +195,21 @@ def test_only_objects_whose_colour_first_appears_after_the_cut_count_as_late():
 
 def test_default_second_prompts_swap_or_change_the_colour():
     assert swapped_twin("A red cube left of a Blue ball.") == "A Blue cube left of a red ball."
-    assert swapped_twin("a red circle") is None
+    assert swapped_twin("a red circle") is None and swapped_twin("a red cube and a red ball") is None
+    assert swapped_twin("a red\ncube, then a red ball; a blue box.") == "a blue\ncube, then a red ball; a red box."
     assert recoloured("A large red square.") == "A large blue square."
     assert recoloured("A blue square.") == "A red square."
     assert switch_steps(25) == [0, 5, 10, 15, 20, 25] and switch_steps(3) == [0, 1, 2, 3]
+
+
+def test_the_cut_is_drawn_in_red_for_prompts_with_newlines_and_tabs():
+    prompt = "first line of the prompt\nsecond\tline, cut here: THE DROPPED TAIL"
+    cut = prompt.index("THE")
+    pixels = np.asarray(to_image(prompt_cut_figure(prompt, {"CLIP": cut})))[..., :3].astype(int)
+    red = (pixels[..., 0] > 180) & (pixels[..., 1] < 90) & (pixels[..., 2] < 90)
+    assert red.sum() > 50
+    clean = np.asarray(to_image(prompt_cut_figure(prompt, {"CLIP": len(prompt)})))[..., :3].astype(int)
+    assert ((clean[..., 0] > 180) & (clean[..., 1] < 90) & (clean[..., 2] < 90)).sum() == 0
 
 
 def test_a_handout_holds_every_figure_the_numbers_and_a_page(lessons, tmp_path):

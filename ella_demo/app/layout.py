@@ -17,12 +17,9 @@ from ella_demo.app.dpg_tab import dpg_tab
 from ella_demo.app.handlers import ExplorerUI
 from ella_demo.app.learn_handlers import LearnUI
 from ella_demo.app.learn_tab import learn_tab
-from ella_demo.app.serving import ServingLimits, model_work
+from ella_demo.app.serving import SESSION_TTL_S, ServingLimits, model_work
 from ella_demo.core.models import LoadedModels
 from ella_demo.inspect.connector_attention import NORMALISATIONS
-
-SESSION_TTL_S = 3600
-
 
 POCKET_BANNER = (
     "ℹ️ **Preset `pocket`: a trained toy world, not Stable Diffusion.** Every model here was trained by this "

@@ -5,6 +5,7 @@ A session's last lesson lives in its gr.State; a lesson's work is capped like a 
 
 from __future__ import annotations
 
+import shutil
 import zipfile
 
 import gradio as gr
@@ -20,7 +21,8 @@ from ella_demo.learn import LESSONS, LessonOptions, LessonResult, run_lesson
 from ella_demo.learn.handout import markdown, write_handout
 from ella_demo.learn.pieces import BLOCK_VIEWS
 
-# A lesson may ask for this many times the traced work one generation may (its runs are untraced).
+# A lesson may ask for this many times the work one traced generation may: its images are untraced but many
+# (the pieces lesson traces one); the connector-only probes are not counted.
 LESSON_WORK = 4
 MAX_FIGURES = 3  # the most figures a lesson makes; the tab has an image slot for each
 
@@ -61,7 +63,8 @@ class LearnUI:
             with self.explorer.runs.running(session) as run:
                 result = self._run_on_device(lesson, options, run, progress)
         except GenerationCancelledError as stopped:
-            return {"page": f"⏹️ {stopped}"}
+            return {"page": f"⏹️ Stopped after {stopped.step:.1f} of {stopped.total} images.", "lesson_state": None,
+                    **_figure_slots(None), **self._block_labels(None)}  # fmt: skip
         return {
             "page": self._page(result),
             "lesson_state": result,
@@ -89,9 +92,9 @@ class LearnUI:
         return warning + page
 
     @staticmethod
-    def _block_labels(result: LessonResult) -> dict[str, str]:
+    def _block_labels(result: LessonResult | None) -> dict[str, str]:
         """Under each block of the diagram ("shapes_KEY"), this run's shapes (the pieces lesson; else nothing)."""
-        shapes = result.numbers.get("shapes", {}) if result.name == "pieces" else {}
+        shapes = result.numbers.get("shapes", {}) if result is not None and result.name == "pieces" else {}
         return {f"shapes_{key}": "<br>".join(f"`{line}`" for line in shapes.get(key, "").splitlines())
                 for key in BLOCK_VIEWS}  # fmt: skip
 
@@ -110,9 +113,9 @@ class LearnUI:
                                      ["CLIP", "ELLA"], "What the VAE decoded, both sides")  # fmt: skip
             text, image = f"The decoded pictures, {run.clip_images[0].width} px.", to_image(grid)
         else:
-            text = f"**{view.capitalize()}** at the last step of the run."
             image = result.figures.get("connector_queries" if view == "connector queries" else "word_maps")
-        return {"block_text": text, "block_image": gr.update(value=image, visible=True)}
+            text = f"**{view.capitalize()}** at the last step of the run." if image else "The prompt has no words."
+        return {"block_text": text, "block_image": gr.update(value=image, visible=image is not None)}
 
     @reported
     def download(self, result: LessonResult | None) -> str:
@@ -125,12 +128,13 @@ class LearnUI:
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
             for path in paths:
                 bundle.write(path, f"{result.name}/{path.name}")
+        shutil.rmtree(folder / result.name)  # the zip is what is served
         return str(archive)
 
 
-def _figure_slots(result: LessonResult) -> dict:
+def _figure_slots(result: LessonResult | None) -> dict:
     """The tab's MAX_FIGURES image slots ("figure_I"): the lesson's figures in order, then None."""
-    figures = list(result.figures.values())
+    figures = list(result.figures.values()) if result is not None else []
     return {f"figure_{index}": figures[index] if index < len(figures) else None for index in range(MAX_FIGURES)}
 
 

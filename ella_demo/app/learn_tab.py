@@ -12,7 +12,7 @@ import gradio as gr
 
 from ella_demo.app.handlers import by_name
 from ella_demo.app.learn_handlers import BLOCK_TITLES, MAX_FIGURES, LearnUI, figure_labels
-from ella_demo.app.serving import VIEW_CONCURRENCY, ServingLimits, model_work
+from ella_demo.app.serving import SESSION_TTL_S, VIEW_CONCURRENCY, ServingLimits, model_work
 from ella_demo.core.models import LoadedModels
 from ella_demo.core.settings import DEFAULT_STEPS, SEED_RANGE
 from ella_demo.learn import LESSONS
@@ -98,7 +98,7 @@ def _results() -> dict[str, gr.components.Component]:
     with gr.Row():
         parts["download"] = gr.Button("Download this lesson (zip)")
         parts["files"] = gr.File(label="Handout")
-    parts["lesson_state"] = gr.State(None, time_to_live=3600)
+    parts["lesson_state"] = gr.State(None, time_to_live=SESSION_TTL_S)
     return parts
 
 
@@ -117,12 +117,15 @@ def learn_tab(ui: LearnUI, models: LoadedModels, limits: ServingLimits) -> None:
         return [parts[name] for name in names]
 
     def on_lesson(name: str) -> dict:
-        """Another lesson: its note and second prompt; the last lesson's page and figures are cleared."""
+        """Another lesson: its note and second prompt; the last lesson (page, figures, download, views) is cleared."""
         return {"note": _lesson_note(name, models.preset), "second_prompt": gr.update(**_second_prompt(name)),
-                "diagram": gr.update(visible=name == "pieces"), "page": "",
-                **{slot: gr.update(value=None, visible=False) for slot in FIGURE_SLOTS}}  # fmt: skip
+                "diagram": gr.update(visible=name == "pieces"), "page": "", "lesson_state": None,
+                "block_text": "", "block_image": gr.update(value=None, visible=False), "files": None,
+                **{slot: gr.update(value=None, visible=False) for slot in FIGURE_SLOTS},
+                **{f"shapes_{key}": "" for key in BLOCK_VIEWS}}  # fmt: skip
 
-    cleared = components("note", "second_prompt", "diagram", "page", *FIGURE_SLOTS)
+    cleared = components("note", "second_prompt", "diagram", "page", "lesson_state", "block_text", "block_image",
+                         "files", *FIGURE_SLOTS, *(f"shapes_{key}" for key in BLOCK_VIEWS))  # fmt: skip
     parts["lesson"].change(by_name(on_lesson, parts), parts["lesson"], cleared, api_name=False)
     ran = parts["run"].click(by_name(ui.run, parts), components(*LEARN_INPUTS), components(*LEARN_OUTPUTS),
                              api_name="learn", preprocess=False, **model_work(limits))  # fmt: skip

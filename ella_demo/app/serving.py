@@ -20,6 +20,7 @@ import gradio as gr
 MODEL_WORK = "model-work"  # the one concurrency group of every handler that runs a model
 VIEW_CONCURRENCY = 4  # re-rendering from a cached trace: no model work, never queued behind it
 M_ARENA_MAX = -8  # glibc's mallopt parameter for the number of malloc arenas
+SESSION_TTL_S = 3600  # a session's last run (or lesson) is dropped an hour after its last use
 EXPORTS_KEPT = 16  # GIF/zip folders kept on disk; Gradio has copied older ones to its cache
 
 

@@ -6,8 +6,10 @@ pictures (the pocket world's 64 px) are drawn pixel for pixel.
 
 from __future__ import annotations
 
+import re
 import textwrap
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -54,6 +56,7 @@ def prompt_cut_figure(prompt: str, cuts: Mapping[str, int], columns: int = 130) 
 
     At most MAX_PROMPT_LINES lines are drawn; the last says how many characters were left out.
     """
+    prompt = re.sub(r"\s", " ", prompt)  # one space per newline or tab: character positions (and cuts) stay
     lines = textwrap.wrap(prompt, columns) or [""]
     if len(lines) > MAX_PROMPT_LINES:
         lines = [*lines[: MAX_PROMPT_LINES - 1], f"… and {len(prompt) - sum(map(len, lines[: MAX_PROMPT_LINES - 1]))} "
@@ -83,42 +86,47 @@ def prompt_cut_figure(prompt: str, cuts: Mapping[str, int], columns: int = 130) 
     return figure
 
 
-def switch_figure(
-    ks: Sequence[int],
-    follows_first: Mapping[str, Sequence[float]],
-    timesteps: np.ndarray,
-    word_shares: Mapping[str, np.ndarray],
-    first_label: str,
-) -> Figure:
-    """Left: per side, the share of pictures that keep the first prompt's colour when switching at step k (empty:
-    not measured). Right: the connector's share of text attention over `timesteps` for the words that differ
-    (labels ending in "(A)" dashed)."""
+@dataclass(frozen=True)
+class SwitchCurves:
+    """What a prompt switch measured per switch step k: per side, the share of pictures with the first prompt's
+    colour, and the main object's mean distance in pixels from its place in the first prompt's own picture
+    (None where not measured). Empty dicts: not measured."""
+
+    ks: Sequence[int]
+    colour_share: Mapping[str, Sequence[float]]
+    layout_shift: Mapping[str, Sequence[float | None]]
+    colour_label: str
+
+
+def switch_figure(curves: SwitchCurves, timesteps: np.ndarray, word_shares: Mapping[str, np.ndarray]) -> Figure:
+    """Left: layout shift over k. Middle: pictures keeping the first prompt's colour over k. Right: the connector's
+    share of text attention over `timesteps` (T,) for the words that differ (labels ending in "(A)" dashed)."""
     figure = new_figure(MAX_WIDTH_IN, 4.2)
-    left, right = figure.subplots(1, 2)
-    for side, values in follows_first.items():
-        left.plot(ks, 100 * np.asarray(values, dtype=float), marker="o", label=side)
-    if not follows_first:
-        left.text(
-            0.5,
-            0.5,
-            "not measured\n(the pocket detector reads colours;\nthe prompts must differ in colour)",
-            ha="center",
-            va="center",
-            transform=left.transAxes,
-            fontsize=9,
-        )
-    left.set_xlabel("switch at step k (first prompt before k, second from k on)")
-    left.set_ylabel(f"pictures with {first_label} (%)")
-    left.set_ylim(-5, 105)
-    left.set_title("When is the colour fixed?", fontsize=10)
+    layout, colour, words = figure.subplots(1, 3)
+    panels = (
+        (layout, {side: [np.nan if value is None else value for value in values]
+                  for side, values in curves.layout_shift.items()}, 1.0,
+         "main object's distance from A's place (px)", "When is the layout fixed?"),
+        (colour, curves.colour_share, 100.0, f"pictures with {curves.colour_label} (%)", "When is the colour fixed?"),
+    )  # fmt: skip
+    for axis, series, scale, ylabel, title in panels:
+        for side, values in series.items():
+            axis.plot(curves.ks, scale * np.asarray(values, dtype=float), marker="o", label=side.upper())
+        if not series:
+            axis.text(0.5, 0.5, "not measured here\n(the pocket world's detector\nreads the pictures)", ha="center",
+                      va="center", transform=axis.transAxes, fontsize=9)  # fmt: skip
+        axis.set_xlabel("switch at step k (A before k, B from k on)")
+        axis.set_ylabel(ylabel)
+        axis.set_title(title, fontsize=10)
+    colour.set_ylim(-5, 105)
     for word, shares in word_shares.items():
-        right.plot(timesteps, shares, marker=".", label=word, linestyle="--" if word.endswith("(A)") else "-")
+        words.plot(timesteps, shares, marker=".", label=word, linestyle="--" if word.endswith("(A)") else "-")
     if len(timesteps):
-        right.set_xlim(max(timesteps) + 10, min(timesteps) - 10)
-    right.set_xlabel("timestep (high noise on the left)")
-    right.set_ylabel("share of the connector's text attention")
-    right.set_title("ELLA connector: the words that differ, over the steps", fontsize=10)
-    for axis in (left, right):
+        words.set_xlim(max(timesteps) + 10, min(timesteps) - 10)
+    words.set_xlabel("timestep (high noise on the left)")
+    words.set_ylabel("share of the connector's text attention")
+    words.set_title("ELLA connector: the words that differ", fontsize=10)
+    for axis in (layout, colour, words):
         axis.grid(alpha=0.3)
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=8, loc="best")

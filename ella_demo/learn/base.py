@@ -11,7 +11,7 @@ from ella_demo.core.engine import generate
 from ella_demo.core.errors import InputError
 from ella_demo.core.models import LoadedModels
 from ella_demo.core.results import GenerationResult
-from ella_demo.core.settings import SEED_RANGE, default_guidance
+from ella_demo.core.settings import SEED_RANGE, GenerationSettings, default_guidance, validate
 from ella_demo.learn.measure import Evidence
 
 SEEDS_RANGE = (1, 8)  # images per measurement: enough for a rate, bounded for a shared app
@@ -47,6 +47,11 @@ class LessonOptions:
         if self.seed + self.seeds - 1 > SEED_RANGE[1]:
             raise InputError("seed", f"plus seeds - 1 must stay at most {SEED_RANGE[1]}; lower the seed.")
         return self
+
+
+def examples_for(examples: dict[str, tuple[str, ...]], preset: str) -> tuple[str, ...]:
+    """A lesson's example prompts for `preset`: the pocket world's words on pocket, SD1.5's on every other."""
+    return examples["pocket" if preset == "pocket" else "sd15"]
 
 
 @dataclass
@@ -93,11 +98,12 @@ class LessonRunner:
         return self.models.preset == "pocket"
 
     def examples(self, examples: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
-        """A lesson's example prompts for the loaded preset: the pocket world's words, or SD1.5's."""
-        return examples["pocket" if self.models.preset == "pocket" else "sd15"]
+        """A lesson's example prompts for the loaded preset (`examples_for`)."""
+        return examples_for(examples, self.models.preset)
 
     @property
     def seeds(self) -> range:
+        """The measurement seeds: seed, seed + 1, ..., seed + seeds - 1."""
         return range(self.options.seed, self.options.seed + self.options.seeds)
 
     def settings(self) -> dict:
@@ -108,10 +114,18 @@ class LessonRunner:
             "guidance_scale": default_guidance(self.models.preset) if guidance is None else guidance,
         }
 
+    def check_prompts(self, prompt: str, second_prompt: str | None = None) -> None:
+        """Refuse, as the engine would and before any model work, a prompt that is not text."""
+        validate(GenerationSettings(prompt=prompt, prompt_after=second_prompt), self.models.preset)
+
     def generate(self, prompt: str, seed: int, **arguments) -> GenerationResult:
-        """One image per side (or the sides asked for) at the lesson's settings; reports progress."""
-        result = generate(self.models, prompt, seed=seed, **self.settings(), **arguments)
+        """One image per side (or the sides asked for) at the lesson's settings. Progress is reported after every
+        denoising step, in images (fractions within one), so a callback that raises stops between steps."""
+
+        def after_step(step: int, steps: int) -> None:
+            if self.progress is not None:
+                self.progress(self.done + step / steps, self.total)
+
+        result = generate(self.models, prompt, seed=seed, progress=after_step, **self.settings(), **arguments)
         self.done += 1
-        if self.progress is not None:
-            self.progress(self.done, self.total)
         return result

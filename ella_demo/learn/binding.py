@@ -8,11 +8,13 @@ the share of pictures in which the detector finds every asked (colour, shape) pa
 
 from __future__ import annotations
 
+import re
+
 from ella_demo.core.errors import InputError
 from ella_demo.inspect.figures import category_bars_figure, to_image
 from ella_demo.inspect.lesson_figures import image_grid_figure
 from ella_demo.learn.base import LessonOptions, LessonResult, LessonRunner
-from ella_demo.learn.measure import CANONICAL, COLOURS, Evidence, found_pairs, rate, requested_objects
+from ella_demo.learn.measure import CANONICAL, COLOURS, Evidence, found_pairs, percentages, rate, requested_objects
 
 NAME = "bag_of_words"
 TITLE = "Bag of words: who gets which colour?"
@@ -35,14 +37,16 @@ LOOK_FOR = (
 
 
 def swapped_twin(prompt: str) -> str | None:
-    """The prompt with its first two colour words exchanged (None when it names fewer than two colours)."""
-    words = prompt.split(" ")
-    positions = [index for index, word in enumerate(words) if CANONICAL.get(word.strip(".,;:").lower()) in COLOURS]
-    if len(positions) < 2:
+    """The prompt with its first two different colour words exchanged, spacing and punctuation kept (None when it
+    names fewer than two different colours, so no twin would differ from it)."""
+    colours = [match for match in re.finditer(r"[A-Za-z]+", prompt) if CANONICAL.get(match.group().lower()) in COLOURS]
+    first = colours[0] if colours else None
+    second = next((match for match in colours if CANONICAL[match.group().lower()] != CANONICAL[first.group().lower()]),
+                  None) if first else None  # fmt: skip
+    if second is None:
         return None
-    first, second = positions[:2]
-    words[first], words[second] = words[second], words[first]
-    return " ".join(words)
+    return (prompt[: first.start()] + second.group() + prompt[first.end() : second.start()] + first.group()
+            + prompt[second.end() :])  # fmt: skip
 
 
 def run(runner: LessonRunner, prompt: str, twin: str) -> LessonResult:
@@ -65,18 +69,16 @@ def run(runner: LessonRunner, prompt: str, twin: str) -> LessonResult:
         return LessonResult(NAME, TITLE, LOOK_FOR, Evidence("cited", PAPER), numbers, figures)
     wanted = {key: requested_objects(text) for key, text in prompts.items()}
     numbers["asked"] = {key: [list(pair) for pair in pairs] for key, pairs in wanted.items()}
+    if not all(wanted.values()):
+        unread = Evidence("measured", "Not measured: the detector checks objects named as a colour right before a "
+                                      "shape ('a red square'), and one of the prompts names none.")  # fmt: skip
+        return LessonResult(NAME, TITLE, LOOK_FOR, unread, numbers, figures)
     accuracy = {side: _binding(results, wanted, side) for side in ("clip", "ella")}
     numbers["binding"] = accuracy
-    percent = {
-        side.upper(): {
-            f"{key}: {kind}": 100 * (value["rate"] or 0)
-            for key, kinds in sides.items()
-            for kind, value in kinds.items()
-        }
-        for side, sides in accuracy.items()
-    }
-    figures["binding"] = to_image(category_bars_figure(percent, "Colour-shape pairs the detector finds (%)"))
-    return LessonResult(NAME, TITLE, LOOK_FOR, Evidence("measured", _measured_text(accuracy, wanted)), numbers, figures)
+    flat = {side: {f"{key}: {kind}": value for key, kinds in prompts_.items() for kind, value in kinds.items()}
+            for side, prompts_ in accuracy.items()}  # fmt: skip
+    figures["binding"] = to_image(category_bars_figure(percentages(flat), "Colour-shape pairs the detector finds (%)"))
+    return LessonResult(NAME, TITLE, LOOK_FOR, Evidence("measured", _measured_text(accuracy)), numbers, figures)
 
 
 def _binding(results: dict, wanted: dict, side: str) -> dict:
@@ -91,9 +93,7 @@ def _binding(results: dict, wanted: dict, side: str) -> dict:
     return measured
 
 
-def _measured_text(accuracy: dict, wanted: dict) -> str:
-    if not all(wanted.values()):
-        return "The detector can only check objects named as a colour before a shape (e.g. 'a red square')."
+def _measured_text(accuracy: dict) -> str:
     parts = []
     for side, prompts in accuracy.items():
         every = [value["every pair"] for value in prompts.values()]

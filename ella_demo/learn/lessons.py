@@ -11,7 +11,7 @@ from types import ModuleType
 from ella_demo.core.errors import InputError
 from ella_demo.core.models import LoadedModels
 from ella_demo.learn import binding, long_prompts, pieces, switching, timestep_ablation
-from ella_demo.learn.base import LessonOptions, LessonResult, LessonRunner, ProgressCallback
+from ella_demo.learn.base import LessonOptions, LessonResult, LessonRunner, ProgressCallback, examples_for
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class Lesson:
 
     def examples(self, preset: str) -> tuple[str, ...]:
         """The example prompts the lesson runs on `preset` when none are given."""
-        return self.module.EXAMPLES["pocket" if preset == "pocket" else "sd15"]
+        return examples_for(self.module.EXAMPLES, preset)
 
 
 def _lesson(module: ModuleType, summary: str, second_prompt: str | None = None) -> Lesson:

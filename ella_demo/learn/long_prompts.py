@@ -13,7 +13,7 @@ from ella_demo.core.text_encoding import FLEXIBLE, TextEncoding
 from ella_demo.inspect.figures import category_bars_figure, to_image
 from ella_demo.inspect.lesson_figures import image_grid_figure, prompt_cut_figure
 from ella_demo.learn.base import LessonOptions, LessonResult, LessonRunner
-from ella_demo.learn.measure import Evidence, rate, requested_objects, shows, shows_colour
+from ella_demo.learn.measure import Evidence, drawn_as_asked, percentages, requested_objects
 
 NAME = "long_prompts"
 TITLE = "Long prompts: what CLIP never reads"
@@ -56,6 +56,7 @@ def named_only_after(prompt: str, cut: int) -> tuple[tuple[str, str], ...]:
 
 
 def images(options: LessonOptions) -> int:
+    """How many generations the lesson runs: one per seed."""
     return options.seeds
 
 
@@ -64,6 +65,7 @@ def lesson(runner: LessonRunner, options: LessonOptions) -> LessonResult:
     prompt = options.prompt or runner.examples(EXAMPLES)[0]
     if not prompt.strip():
         raise InputError("prompt", "is empty: type a long, dense prompt (more than 77 CLIP tokens shows the cut).")
+    runner.check_prompts(prompt)
     clip, t5 = runner.models.clip_encoder.encode(prompt), runner.models.t5_encoder.encode(prompt, FLEXIBLE)
     cut = kept_characters(clip)
     numbers = {
@@ -75,11 +77,11 @@ def lesson(runner: LessonRunner, options: LessonOptions) -> LessonResult:
         "language_model_tokens": len(t5.tokens),
         "language_model_dropped_tokens": t5.dropped_tokens,
     }
+    results = [runner.generate(prompt, seed) for seed in runner.seeds]
     cuts = {
         f"CLIP (keeps {clip.max_length} tokens)": cut,
         f"language model ({len(t5.tokens)} tokens)": kept_characters(t5),
     }
-    results = [runner.generate(prompt, seed) for seed in runner.seeds]
     figures = {
         "cut": to_image(prompt_cut_figure(prompt, cuts)),
         "pictures": to_image(
@@ -103,19 +105,11 @@ def lesson(runner: LessonRunner, options: LessonOptions) -> LessonResult:
 def _measure_late_objects(results: list, late: tuple, figures: dict, numbers: dict) -> Evidence:
     """How often each side draws the objects named after CLIP's cut; adds their numbers and bar chart."""
     numbers["after_the_cut"] = [list(pair) for pair in late]
-    drawn = {}
-    for side in ("clip", "ella"):
-        pictures = [getattr(result, f"{side}_images")[0] for result in results]
-        drawn[side] = {
-            "colour": rate([all(shows_colour(image, colour) for colour, _ in late) for image in pictures]),
-            "colour and shape": rate([shows(image, late) for image in pictures]),
-        }
+    drawn = {side: drawn_as_asked([getattr(result, f"{side}_images")[0] for result in results], late)
+             for side in ("clip", "ella")}  # fmt: skip
     numbers["late_objects_drawn"] = drawn
-    percent = {
-        side.upper(): {key: 100 * value["rate"] for key, value in kinds.items()} for side, kinds in drawn.items()
-    }
     title = "Pictures showing the objects named after the cut (%)"
-    figures["late_objects"] = to_image(category_bars_figure(percent, title))
+    figures["late_objects"] = to_image(category_bars_figure(percentages(drawn), title))
     text = ", ".join(
         f"{side.upper()} {kinds['colour']['hits']} of {kinds['colour']['of']}" for side, kinds in drawn.items()
     )

@@ -76,6 +76,26 @@ def shows_colour(image: Image.Image, colour: str) -> bool:
     return any(item.colour == colour for item in detect(image).objects)
 
 
+def main_centre(image: Image.Image) -> tuple[float, float] | None:
+    """(x, y) centre of the largest object the detector finds, in 64-px layout pixels; None for an empty picture."""
+    objects = detect(image).objects
+    return max(objects, key=lambda item: item.pixels).centre if objects else None
+
+
+def drawn_as_asked(images: Sequence[Image.Image], objects: Sequence[tuple[str, str]]) -> dict:
+    """{"colour": pictures with every asked colour, "colour and shape": pictures with every asked pair} as rates."""
+    return {
+        "colour": rate([all(shows_colour(image, colour) for colour, _ in objects) for image in images]),
+        "colour and shape": rate([shows(image, objects) for image in images]),
+    }
+
+
+def percentages(rates: dict[str, dict[str, dict]]) -> dict[str, dict[str, float]]:
+    """{group: {label: rate dict}} -> {GROUP: {label: percent}}, the bar charts' input (an empty rate is 0)."""
+    return {group.upper(): {label: 100 * (value["rate"] or 0) for label, value in labels.items()}
+            for group, labels in rates.items()}  # fmt: skip
+
+
 def rate(hits: Sequence[bool]) -> dict:
     """{"hits", "of", "rate"} of a list of yes/no measurements (rate None for an empty list)."""
     count = len(hits)

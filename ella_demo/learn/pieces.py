@@ -8,6 +8,8 @@ the tokens each encoder read, the connector's queries, the UNet's word maps.
 
 from __future__ import annotations
 
+import torch
+
 from ella_demo.core.results import GenerationResult
 from ella_demo.inspect.connector_attention import Aggregation
 from ella_demo.inspect.figures import to_image
@@ -34,6 +36,7 @@ BLOCK_VIEWS = {
 
 
 def images(options: LessonOptions) -> int:
+    """How many generations the lesson runs: one traced pair."""
     return 1
 
 
@@ -68,14 +71,29 @@ def lesson(runner: LessonRunner, options: LessonOptions) -> LessonResult:
         last = views.steps - 1
         figures["connector_queries"] = views.query_heatmap(last, Aggregation())
         figures["word_maps"] = views.word_maps(views.default_word(), "all", last)
-    return LessonResult(
-        NAME,
-        TITLE,
-        "Both sides share one UNet, one seed and one noise: only what the UNet's cross-attention reads differs. "
-        "CLIP's features are computed once, while the connector turns the language model's features into new "
-        "tokens at every step, because its queries and normalisations depend on the timestep.",
-        Evidence("measured", "Every shape in the diagram is read from this run's tensors."),
-        {"prompt": prompt, "shapes": shapes, "block_views": BLOCK_VIEWS},
-        figures,
-        run=result,
+    change = connector_change(runner, prompt, result)
+    evidence = Evidence(
+        "measured",
+        "Token counts, steps, latents and pictures are read from this run's tensors (per prompt; guidance doubles the "
+        "UNet's batch), widths from the loaded models' configs. The connector's tokens at the last step differ from "
+        f"those at the first by {change:.0%} of their norm; CLIP's are the same tensor at every step.",
     )
+    numbers = {"prompt": prompt, "shapes": shapes, "block_views": BLOCK_VIEWS, "connector_change": change}
+    return LessonResult(NAME, TITLE, LOOK_FOR, evidence, numbers, figures, run=result)
+
+
+LOOK_FOR = (
+    "Both sides share one UNet, one seed and one noise: only what the UNet's cross-attention reads differs. CLIP's "
+    "features are computed once, while the connector turns the language model's features into new tokens at "
+    "every step, because its queries and normalisations depend on the timestep."
+)
+
+
+def connector_change(runner: LessonRunner, prompt: str, result: GenerationResult) -> float:
+    """||out(t_last) - out(t_first)|| / ||out(t_first)|| for the connector's (1, Q, width) output on the prompt, at
+    the run's first and last timesteps."""
+    features = runner.models.t5_encoder.encode(prompt, result.settings.t5_length).features.to(runner.models.dtype)
+    with torch.no_grad():
+        first, last = (runner.models.ella(features, torch.tensor([int(t)], device=features.device)).float()
+                       for t in (result.timesteps[0], result.timesteps[-1]))  # fmt: skip
+    return float((last - first).norm() / first.norm())

@@ -8,6 +8,7 @@ argument: colour words peak at high noise).
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -15,9 +16,9 @@ import numpy as np
 from ella_demo.core.probe import probe
 from ella_demo.inspect.connector_attention import word_shares
 from ella_demo.inspect.figures import to_image
-from ella_demo.inspect.lesson_figures import image_grid_figure, switch_figure
+from ella_demo.inspect.lesson_figures import SwitchCurves, image_grid_figure, switch_figure
 from ella_demo.learn.base import LessonOptions, LessonResult, LessonRunner
-from ella_demo.learn.measure import CANONICAL, COLOURS, Evidence, shows_colour
+from ella_demo.learn.measure import CANONICAL, COLOURS, Evidence, main_centre, shows_colour
 
 NAME = "when_a_word_matters"
 TITLE = "When a word matters: switching prompts mid-run"
@@ -60,76 +61,101 @@ def recoloured(prompt: str) -> str:
 
 
 def images(options: LessonOptions) -> int:
+    """How many generations the lesson runs: one per (switch step, seed)."""
     return len(switch_steps(options.steps)) * options.seeds
 
 
 def lesson(runner: LessonRunner, options: LessonOptions) -> LessonResult:
-    """Generate every (k, seed), show the first seed's pictures over k, and (pocket) when A's colour holds."""
+    """Generate every (k, seed), show the first seed's pictures over k, and (pocket) when layout and colour hold."""
     examples = runner.examples(EXAMPLES)
     first = options.prompt or examples[0]
     second = options.second_prompt or (examples[1] if options.prompt is None else recoloured(first))
     ks = switch_steps(options.steps)
+    runner.check_prompts(first, second)
+    timesteps, shares = _differing_word_shares(runner, first, second, options.steps)  # refuses empty prompts first
     runs = {
         k: [runner.generate(first, seed, prompt_after=second, switch_at_step=k) for seed in runner.seeds] for k in ks
     }
     grid = [[runs[k][0].clip_images[0] for k in ks], [runs[k][0].ella_images[0] for k in ks]]
     labels = [f"k={k}" + (" (B alone)" if k == 0 else " (A alone)" if k == options.steps else "") for k in ks]
-    figures = {
-        "pictures": to_image(
-            image_grid_figure(grid, ["CLIP", "ELLA"], labels, f"A until step k, then B. A: {first} B: {second}")
-        )
-    }
+    title = f"A until step k, then B. A: {first} B: {second}"
+    figures = {"pictures": to_image(image_grid_figure(grid, ["CLIP", "ELLA"], labels, title))}
     numbers = {"prompt_a": first, "prompt_b": second, "switch_steps": ks, "seeds": list(runner.seeds)}
-    timesteps, shares = _differing_word_shares(runner, first, second, options.steps)
-    colour_a, colour_b = first_colour(first), first_colour(second)
-    measurable = runner.measured and colour_a is not None and colour_a != colour_b
-    follows = {}
-    if measurable:
-        follows = {
-            side: [
-                float(np.mean([shows_colour(getattr(r, f"{side}_images")[0], colour_a) for r in runs[k]])) for k in ks
-            ]
-            for side in ("clip", "ella")
-        }
-        numbers["pictures_with_colour_a"] = {"colour": colour_a, **follows}
-    figures["timing"] = to_image(
-        switch_figure(
-            ks,
-            {side.upper(): values for side, values in follows.items()},
-            timesteps,
-            shares,
-            f"A's colour ({colour_a})",
-        )
-    )
-    return LessonResult(NAME, TITLE, LOOK_FOR, _evidence(runner, measurable, ks, follows), numbers, figures)
+    colour = first_colour(first) if first_colour(first) != first_colour(second) else None
+    measured = _measure(runs, ks, colour) if runner.measured else {}
+    numbers |= measured
+    colour_share = {
+        side: values for side, values in measured.get("pictures_with_colour_a", {}).items() if side in SIDES
+    }
+    curves = SwitchCurves(ks, colour_share, measured.get("main_object_shift_px", {}), f"A's colour ({colour})")
+    figures["timing"] = to_image(switch_figure(curves, timesteps, shares))
+    evidence = Evidence("cited", PAPER) if not runner.measured else _evidence(ks, measured, len(runner.seeds))
+    return LessonResult(NAME, TITLE, LOOK_FOR, evidence, numbers, figures)
 
 
 LOOK_FOR = (
-    "Read each row left to right: k=0 is prompt B alone, the last column prompt A alone. The colour settles in "
-    "the first few steps: once A has been read for those, switching to B no longer changes it, and later steps "
-    "only refine edges. The right plot shows when the connector reads the words that differ."
+    "Read each row left to right: k=0 is prompt B alone, the last column prompt A alone. Layout and colour are "
+    "decided before the details, so once A has conditioned the steps that decide them, switching to B no longer "
+    "changes them: the plots measure from which k that holds, and when the connector reads the words that differ."
 )
+SIDES = ("clip", "ella")
+SETTLED_PX = 4.0  # a main object this close to its place in A's picture counts as placed (objects are 12-20 px)
 
 
-def _evidence(runner: LessonRunner, measurable: bool, ks: list[int], follows: dict) -> Evidence:
-    if not runner.measured:
-        return Evidence("cited", PAPER)
-    if not measurable:
-        return Evidence(
-            "measured",
-            "The two prompts must name different first colours for the detector to tell which one a picture follows.",
-        )
-    settled = {
-        side: next((k for k, value in zip(ks, values, strict=True) if value >= 0.5), None)
-        for side, values in follows.items()
-    }
-    text = "; ".join(
-        f"{side.upper()}: A's colour in most pictures from k={k}"
-        if k is not None
-        else f"{side.upper()}: A's colour never in most pictures"
-        for side, k in settled.items()
+def _measure(runs: dict, ks: list[int], colour: str | None) -> dict:
+    """Per side and k: how far the main object sits from its place in A's own picture (same seed, mean px), and,
+    when the prompts' first colours differ, the share of pictures that show A's colour."""
+    measured = {"main_object_shift_px": {side: _layout_shift(runs, ks, side) for side in SIDES}}
+    if colour is not None:
+        pictures = {side: [[getattr(r, f"{side}_images")[0] for r in runs[k]] for k in ks] for side in SIDES}
+        measured["pictures_with_colour_a"] = {
+            "colour": colour,
+            **{side: [float(np.mean([shows_colour(image, colour) for image in row])) for row in rows]
+               for side, rows in pictures.items()},
+        }  # fmt: skip
+    return measured
+
+
+def _layout_shift(runs: dict, ks: list[int], side: str) -> list[float | None]:
+    """Per k, the mean distance in pixels between the main object's centre and its centre in the picture of
+    prompt A alone (k = the last switch step) for the same seed; None where no picture pair has objects."""
+    reference = [main_centre(getattr(result, f"{side}_images")[0]) for result in runs[ks[-1]]]
+    shifts = []
+    for k in ks:
+        centres = [main_centre(getattr(result, f"{side}_images")[0]) for result in runs[k]]
+        distances = [math.dist(centre, place) for centre, place in zip(centres, reference, strict=True)
+                     if centre is not None and place is not None]  # fmt: skip
+        shifts.append(float(np.mean(distances)) if distances else None)
+    return shifts
+
+
+def _first_k(ks: list[int], values: list, holds) -> int | None:
+    """The smallest k from which `holds(value)` is true for every later k too (None if never)."""
+    settled = None
+    for k, value in zip(reversed(ks), reversed(values), strict=True):
+        if value is None or not holds(value):
+            break
+        settled = k
+    return settled
+
+
+def _from(k: int | None) -> str:
+    return "at no k" if k is None else f"from k={k} on"
+
+
+def _evidence(ks: list[int], measured: dict, seeds: int) -> Evidence:
+    parts = []
+    for side in SIDES:
+        placed = _first_k(ks, measured["main_object_shift_px"][side], lambda shift: shift <= SETTLED_PX)
+        text = f"{side.upper()}: main object within {SETTLED_PX:.0f} px of A's place {_from(placed)}"
+        if "pictures_with_colour_a" in measured:
+            coloured = _first_k(ks, measured["pictures_with_colour_a"][side], lambda share: share > 0.5)
+            text += f", A's colour in most pictures {_from(coloured)}"
+        parts.append(text)
+    note = "" if "pictures_with_colour_a" in measured else " (colour not measured: the first colours must differ)"
+    return Evidence(
+        "measured", f"Measured by the pocket detector over {seeds} seed(s) per k: {'; '.join(parts)}{note}."
     )
-    return Evidence("measured", f"Measured by the pocket detector over {len(runner.seeds)} seed(s) per k: {text}.")
 
 
 def _differing_word_shares(runner: LessonRunner, first: str, second: str, steps: int) -> tuple:

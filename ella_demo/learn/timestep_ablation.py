@@ -11,7 +11,7 @@ from __future__ import annotations
 from ella_demo.inspect.figures import category_bars_figure, to_image
 from ella_demo.inspect.lesson_figures import image_grid_figure
 from ella_demo.learn.base import LessonOptions, LessonResult, LessonRunner
-from ella_demo.learn.measure import Evidence, rate, requested_objects, shows, shows_colour
+from ella_demo.learn.measure import Evidence, drawn_as_asked, percentages, requested_objects
 
 NAME = "timestep_aware"
 TITLE = "Timestep-aware or not: a fixed timestep for the connector"
@@ -27,13 +27,15 @@ PAPER = (
     "(section 5.3) finds its timestep-aware design better than connectors without the timestep."
 )
 LOOK_FOR = (
-    "Same seed, same noise, only the timestep the connector is told changes. Told 999 throughout, the UNet "
-    "reads layout-and-colour tokens even while it draws details; told 100, it reads detail tokens while it lays "
-    "out the picture. In the pocket world the bars count how often each variant draws what the prompt asks."
+    "Same seed, same noise: only the timestep the connector is told changes. Told one timestep throughout, it "
+    "gives the UNet the same tokens at every step, those it makes for that timestep. In the pocket world the bars "
+    "count how often each variant draws what the prompt asks."
 )
+KINDS = ("colour", "colour and shape")
 
 
 def images(options: LessonOptions) -> int:
+    """How many generations the lesson runs: one per (variant, seed), the ELLA side only."""
     return len(VARIANTS) * options.seeds
 
 
@@ -68,19 +70,12 @@ def lesson(runner: LessonRunner, options: LessonOptions) -> LessonResult:
             NAME, TITLE, LOOK_FOR, Evidence("cited" if not runner.measured else "measured", note), numbers, figures
         )
     numbers["asked"] = [list(pair) for pair in wanted]
-    measured = {
-        variant: {
-            "colour and shape": rate([shows(image, wanted) for image in images_]),
-            "colour": rate([all(shows_colour(image, colour) for colour, _ in wanted) for image in images_]),
-        }
-        for variant, images_ in pictures.items()
-    }
+    measured = {variant: drawn_as_asked(images_, wanted) for variant, images_ in pictures.items()}
     numbers["drawn_as_asked"] = measured
-    percent = {
-        kind: {variant: 100 * (values[kind]["rate"] or 0) for variant, values in measured.items()}
-        for kind in ("colour", "colour and shape")
-    }
-    figures["drawn_as_asked"] = to_image(category_bars_figure(percent, "ELLA pictures showing what was asked (%)"))
+    by_kind = {kind: {variant: values[kind] for variant, values in measured.items()} for kind in KINDS}
+    figures["drawn_as_asked"] = to_image(
+        category_bars_figure(percentages(by_kind), "ELLA pictures showing what was asked (%)")
+    )
     text = ", ".join(
         f"{variant} {values['colour and shape']['hits']} of {values['colour and shape']['of']}"
         for variant, values in measured.items()
