@@ -223,7 +223,8 @@ def run(
 def _encode_schedule(
     models: LoadedModels, settings: GenerationSettings, timer: PhaseTimer
 ) -> tuple[EncodedPrompts, EncodedPrompts]:
-    """The prompt's encodings and those of the prompt switched to (the same object when there is no switch)."""
+    """The prompt's encodings and those of the prompt switched to (the same object when there is no switch); each
+    holds (1, L, d) features per encoder the run needs."""
     prompts = encode_prompts(models, settings, timer)
     if settings.prompt_after is None:
         return prompts, prompts
