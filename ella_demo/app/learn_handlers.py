@@ -15,8 +15,9 @@ from ella_demo.app.checks import reported
 from ella_demo.app.handlers import ExplorerUI, RequestTooLargeError
 from ella_demo.core.errors import GenerationCancelledError, InputError
 from ella_demo.core.settings import check_choice
+from ella_demo.core.text_encoding import PromptTokens
 from ella_demo.inspect.figures import to_image
-from ella_demo.inspect.lesson_figures import image_grid_figure
+from ella_demo.inspect.lesson_figures import PIPELINE_BLOCKS, image_grid_figure
 from ella_demo.learn import LESSONS, LessonOptions, LessonResult, run_lesson
 from ella_demo.learn.handout import markdown, write_handout
 from ella_demo.learn.pieces import BLOCK_VIEWS
@@ -35,12 +36,12 @@ class LearnUI:
         self._run_on_device = explorer.gpu_wrapper(self._run_on_device)
 
     def _run_on_device(self, name: str, options: LessonOptions, run: int, progress: gr.Progress) -> LessonResult:
-        def after_image(done: int, total: int) -> None:
+        def after_step(done: float, total: int) -> None:
             if self.explorer.runs.is_stopped(run):
                 raise GenerationCancelledError(done, total)
             progress((done, total), unit="images")
 
-        return run_lesson(self.explorer.models, name, options, after_image)
+        return run_lesson(self.explorer.models, name, options, after_step)
 
     @reported
     def run(self, lesson, prompt="", second_prompt="", seed=0, seeds=4, steps=25, request: gr.Request = None,
@@ -145,23 +146,17 @@ def figure_labels(result: LessonResult | None) -> dict:
             else gr.update(visible=False) for index in range(MAX_FIGURES)}  # fmt: skip
 
 
-def _token_line(encoder: str, tokens) -> str:
-    """One encoder's tokens as Markdown code spans; its padding counted, not listed."""
-    words = [token for token in tokens.tokens if token not in PADDING]
-    padding = len(tokens.tokens) - len(words)
+def _token_line(encoder: str, tokens: PromptTokens) -> str:
+    """One encoder's tokens as Markdown code spans: the prompt's own listed, the special ones (start, end,
+    padding: the words the encoder marked `is_special`) counted."""
+    text = [tokens.tokens[index] for word in tokens.words if not word.is_special for index in word.token_indices]
+    special = len(tokens.tokens) - len(text)
     name = "CLIP" if encoder == "clip" else "The language model"
-    listed = " ".join(f"`{token}`" for token in words)
+    listed = " ".join(f"`{token}`" for token in text)
     return f"**{name}** read {len(tokens.tokens)} tokens: {listed}" + (
-        f" and {padding} end or padding tokens." if padding else "."
+        f" and {special} start, end or padding tokens." if special else "."
     )
 
 
-PADDING = {"<|endoftext|>", "<pad>", "[PAD]"}
-BLOCK_TITLES = {
-    "prompt": "Prompt",
-    "t5": "Language model",
-    "clip": "CLIP text encoder",
-    "connector": "Connector (TSC)",
-    "unet": "UNet cross-attention",
-    "vae": "VAE decoder",
-}
+# The diagram's buttons: the pipeline figure's block titles, capitalised.
+BLOCK_TITLES = {key: title[0].upper() + title[1:] for key, (_, title) in PIPELINE_BLOCKS.items()}

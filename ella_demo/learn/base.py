@@ -16,7 +16,7 @@ from ella_demo.learn.measure import Evidence
 
 SEEDS_RANGE = (1, 8)  # images per measurement: enough for a rate, bounded for a shared app
 STEPS_RANGE = (2, 50)
-ProgressCallback = Callable[[int, int], None]
+ProgressCallback = Callable[[float, int], None]  # (images done, fractions within one; images in all)
 
 
 @dataclass(frozen=True)

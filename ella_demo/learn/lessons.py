@@ -59,7 +59,8 @@ def run_lesson(
     options: LessonOptions = LessonOptions(),  # noqa: B008 - frozen
     progress: ProgressCallback | None = None,
 ) -> LessonResult:
-    """Run lesson `name` on the loaded models; `progress(done, total)` after each generation (it may raise to stop).
+    """Run lesson `name` on the loaded models; `progress(done, total)` after every denoising step, counted in images
+    (it may raise to stop).
 
     Raises InputError for an unknown lesson or an option out of range, and the engine's SettingsError for a bad
     prompt, before any image is generated.

@@ -81,7 +81,8 @@ def lesson(runner: LessonRunner, options: LessonOptions) -> LessonResult:
     title = f"A until step k, then B. A: {first} B: {second}"
     figures = {"pictures": to_image(image_grid_figure(grid, ["CLIP", "ELLA"], labels, title))}
     numbers = {"prompt_a": first, "prompt_b": second, "switch_steps": ks, "seeds": list(runner.seeds)}
-    colour = first_colour(first) if first_colour(first) != first_colour(second) else None
+    colour = first_colour(first)
+    colour = colour if colour != first_colour(second) else None
     measured = _measure(runs, ks, colour) if runner.measured else {}
     numbers |= measured
     colour_share = {

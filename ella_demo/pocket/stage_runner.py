@@ -133,8 +133,9 @@ def _check(settings: StageSettings) -> None:
 def _settings_recipe(settings: StageSettings) -> dict:
     """The settings a resumed run must share (max_steps may grow, the learning rate and the timesteps may change,
     and progress is cosmetic)."""
-    changeable = ("out", "max_steps", "learning_rate", "resume", "progress", "checkpoint_every", "keep_checkpoints")
-    return {name: value for name, value in asdict(settings).items() if name not in (*changeable, "timesteps")}
+    changeable = ("out", "max_steps", "learning_rate", "timesteps", "resume", "progress", "checkpoint_every",
+                  "keep_checkpoints")  # fmt: skip
+    return {name: value for name, value in asdict(settings).items() if name not in changeable}
 
 
 def _step(stage: Stage, settings: StageSettings, step: int, parameters, optimizer: torch.optim.Optimizer) -> float:
