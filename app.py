@@ -63,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Loaded preset {models.preset} on {models.placement.describe()} in {time.perf_counter() - started:.1f} s")
     for part, source in models.sources.items():
         print(f"  {part}: {source}")
+    for lora in models.loras:
+        print(f"  LoRA {lora.name}: {lora.describe()}")
+    for embedding in models.embeddings:
+        print(f"  embedding {embedding.token}: {embedding.file}, {embedding.vectors} vector(s), CLIP only")
+    if models.placement.t5_caveat:
+        print(f"  Note: {models.placement.t5_caveat}")
     if models.random_weights:
         print("  Random weights: images from this preset are noise, not model output.")
     if args.check:

@@ -334,7 +334,7 @@ def test_every_bad_api_value_gets_a_message_naming_its_field(client, arguments, 
         client.predict(**{"prompt": "a cat", **FAST, **arguments}, api_name="/generate")
 
 
-GENERATE_DEFAULTS = ["a cat", "", 0, 2, 7.5, 64, 64, "dpm++", 1, "ella", "flexible", "cpu"]
+GENERATE_DEFAULTS = ["a cat", "", 0, 2, 7.5, 64, 64, "dpm++", 1, "ella", "flexible", "cpu", None]
 
 
 def raw_call(server: str, api_name: str, data: list) -> tuple[str, dict]:
@@ -363,6 +363,19 @@ def test_values_json_clients_cannot_send_still_get_a_named_message(server, posit
     data = list(GENERATE_DEFAULTS)
     data[position] = value
     event, payload = raw_call(server, "generate", data)
+    assert (event, payload["error"]) == ("error", message)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ([1.0], 'LoRA weights: must map LoRA names to weights, like {"style": 0.8}, got [1.0].'),
+        ({"style": 1.0}, "LoRA weights: names 'style', which was not loaded at start-up. LoRAs with a per-run weight: "
+                         "none (start the app with --lora FILE[:WEIGHT])."),
+    ],
+)  # fmt: skip
+def test_lora_weights_for_loras_the_server_lacks_are_refused_by_name(server, value, message):
+    event, payload = raw_call(server, "generate", [*GENERATE_DEFAULTS[:-1], value])
     assert (event, payload["error"]) == ("error", message)
 
 

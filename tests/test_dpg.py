@@ -636,8 +636,13 @@ def test_two_processes_share_the_prompts_without_duplicates_or_gaps(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     reports = sorted(line for line in result.stdout.splitlines() if line.startswith("process "))
-    assert reports == [
+    assert [line for line in reports if "generated" in line] == [
         "process 0: generated 2, skipped 0 (already done)",
         "process 1: generated 2, skipped 0 (already done)",
     ]
+    # each process needs its two prompts and the shared negative prompt, which the first to get there stores
+    encoded = [re.match(r"process \d: T5 encoded (\d) of 3 prompts", line) for line in reports if "T5" in line]
+    assert len(encoded) == 2 and all(encoded)
+    assert sum(int(match.group(1)) for match in encoded) in (5, 6)  # 6: both encoded "" before either stored it
+    assert len(list((tmp_path / "t5-features").glob("*.safetensors"))) == 5
     assert sorted(path.name for path in (tmp_path / "ella").glob("*.png")) == [f"item_{k}.png" for k in "abcd"]

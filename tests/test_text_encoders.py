@@ -105,11 +105,13 @@ def test_empty_prompt_is_encoded_once_and_never_evicted(t5_encoder):
     assert empty.tokens == ("</s>",)
 
 
-def test_cache_key_includes_device_and_dtype(tiny):
+def test_cache_key_includes_device_dtype_and_variant(tiny):
     encoder = T5PromptEncoder(tiny.t5, tiny.t5_tokenizer)
     encoder.encode(PROMPT)
-    (key,) = encoder.cache.keys()
-    assert key == (PROMPT, FLEXIBLE, "cpu", torch.float32)
+    encoder.variant = (("style", 0.5),)  # what core/adapters.py sets for CLIP while a LoRA is in force
+    encoder.encode(PROMPT)
+    assert encoder.cache.keys() == [(PROMPT, FLEXIBLE, "cpu", torch.float32, ()),
+                                    (PROMPT, FLEXIBLE, "cpu", torch.float32, (("style", 0.5),))]  # fmt: skip
 
 
 def test_t5_words_group_pieces_that_start_with_the_space_marker(t5_encoder):

@@ -6,6 +6,7 @@ import socket
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
 
@@ -84,3 +85,62 @@ def copy_world(source: Path, target: Path, parts: tuple[str, ...] | None = None)
             copy = shutil.copytree if part.is_dir() else shutil.copyfile
             copy(part, target / part.name)
     return target
+
+
+# LoRA files in the two layouts tests/test_lora.py and tests/test_app_additions.py write.
+RANK = 4
+
+
+def linear_layers(model: torch.nn.Module, keep) -> list[str]:
+    return [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) and keep(name)]
+
+
+def unet_layers(models) -> list[str]:
+    """Every linear layer of the UNet's attention blocks (what kohya's SD1.5 LoRAs train)."""
+    return linear_layers(models.pipe.unet, lambda name: "attentions" in name)
+
+
+def clip_layers(models) -> list[str]:
+    """Every linear layer of CLIP's encoder (kohya's text-encoder LoRAs: q, k, v, out, fc1, fc2)."""
+    return linear_layers(models.pipe.text_encoder, lambda name: name.startswith("encoder."))
+
+
+def random_factors(model, names: list[str], seed: int, scale: float = 0.05) -> dict[str, tuple]:
+    """layer -> (down (r, in), up (out, r)) drawn from `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    factors = {}
+    for name in names:
+        layer = model.get_submodule(name)
+        down = torch.randn(RANK, layer.in_features, generator=generator) * scale
+        factors[name] = (down, torch.randn(layer.out_features, RANK, generator=generator) * scale)
+    return factors
+
+
+def write_kohya(path: Path, unet: dict, clip: dict, alpha: float = 2.0) -> Path:
+    """A1111/kohya layout: lora_unet_<path_with_underscores>.lora_down/.lora_up/.alpha; CLIP: lora_te_text_model_."""
+    tensors = {}
+    for prefix, factors in (("lora_unet_", unet), ("lora_te_text_model_", clip)):
+        for name, (down, up) in factors.items():
+            key = prefix + name.replace(".", "_")
+            tensors |= {
+                f"{key}.lora_down.weight": down,
+                f"{key}.lora_up.weight": up,
+                f"{key}.alpha": torch.tensor(alpha),
+            }
+    save_file(tensors, path)
+    return path
+
+
+def write_diffusers(path: Path, unet: dict, clip: dict) -> Path:
+    """diffusers' (PEFT) layout: unet.<path>.lora_A.weight / lora_B.weight, CLIP under text_encoder.text_model."""
+    tensors = {}
+    for prefix, factors in (("unet.", unet), ("text_encoder.text_model.", clip)):
+        for name, (down, up) in factors.items():
+            tensors |= {f"{prefix}{name}.lora_A.weight": down, f"{prefix}{name}.lora_B.weight": up}
+    save_file(tensors, path)
+    return path
+
+
+def unet_lora_file(models, path: Path, seed: int, layers: int | None = None) -> Path:
+    """A kohya-layout LoRA of the first `layers` (all: None) UNet attention layers of `models`, drawn from `seed`."""
+    return write_kohya(path, random_factors(models.pipe.unet, unet_layers(models)[:layers], seed=seed), {})

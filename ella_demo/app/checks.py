@@ -39,6 +39,7 @@ FIELD_LABELS = {
     "mode": "ELLA mode",
     "t5_length": "T5 length",
     "seeding": "Seeding",
+    "loras": "LoRA weights:",
     # The Learn tab's
     "lesson": "Lesson",
     "second prompt": "Second prompt",
@@ -97,6 +98,16 @@ def text(field: str, value) -> str:
         return ""
     if not isinstance(value, str):
         raise SettingsError(field, f"must be text, got {type(value).__name__}.")
+    return value
+
+
+def lora_weights(value) -> dict[str, float] | None:
+    """The LoRA weights of one run: None (the start-up weights) or {LoRA name: weight}; names and ranges are
+    checked against the loaded LoRAs by the engine (core/adapters.py)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(name, str) for name in value):
+        raise SettingsError("loras", f'must map LoRA names to weights, like {{"style": 0.8}}, got {value!r}.')
     return value
 
 

@@ -13,6 +13,7 @@ from importlib import resources
 
 import gradio as gr
 
+from ella_demo.app.additions_panel import additions_panel
 from ella_demo.app.handlers import ExplorerUI, by_name
 from ella_demo.app.serving import VIEW_CONCURRENCY, ServingLimits, model_work
 from ella_demo.core.models import LoadedModels
@@ -33,7 +34,7 @@ from ella_demo.inspect.views import WINDOW_CHOICES
 # The generate endpoint's inputs, in the order of run_generate's parameters.
 GENERATE_INPUTS = (
     "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height", "scheduler", "num_images",
-    "mode", "t5_length", "seeding",
+    "mode", "t5_length", "seeding", "lora_weights",
 )  # fmt: skip
 # What the view events update. The generate endpoint updates all of them after the run's own
 # outputs, and its API returns them in this order.
@@ -253,6 +254,7 @@ def _wire_views(ui: ExplorerUI, parts: dict) -> None:
 def compare_tab(ui: ExplorerUI, session: gr.State, limits: ServingLimits) -> None:
     """The tab's components, and the events that generate and re-render."""
     parts = {"session": session, **_prompt_and_seed(ui.models.preset), **_image_settings(ui.models)}
+    parts |= additions_panel(ui.models)
     parts |= _run_results(parts["prompt"], ui.models.preset)
     parts |= _step_views(ui.models)
     parts |= _time_views()

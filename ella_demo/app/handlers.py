@@ -108,6 +108,7 @@ class ExplorerUI:
         mode: str = "ella",
         t5_length: str = "flexible",
         seeding: str = "cpu",
+        lora_weights: dict | None = None,
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio injects progress through this default
     ) -> dict:
@@ -115,7 +116,8 @@ class ExplorerUI:
 
         Inputs arrive as the client sent them; every one is checked here (see `checks`). A width or
         height of None is the model's native size, the size sliders' starting value; a guidance_scale of
-        None the preset's default (`default_guidance`). A stopped run updates the notes alone.
+        None the preset's default (`default_guidance`). `lora_weights` maps start-up LoRAs to this run's weight
+        (None: their start-up weights). A stopped run updates the notes alone.
         """
         native = self.models.native_size
         guidance = default_guidance(self.models.preset) if guidance_scale is None else guidance_scale
@@ -132,6 +134,7 @@ class ExplorerUI:
             "mode": mode,
             "t5_length": checks.t5_length(t5_length),
             "seeding": seeding,
+            "loras": checks.lora_weights(lora_weights),
         }
         self._check_work(arguments)
         session = request.session_hash if request is not None else ""

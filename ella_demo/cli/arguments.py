@@ -10,6 +10,9 @@ from ella_demo.core.devices import DTYPES
 from ella_demo.core.errors import ExplorerError, InputError
 from ella_demo.core.models import LoadedModels
 from ella_demo.core.text_encoding import FLEXIBLE
+from ella_demo.loading.additions import Additions, T5Memory
+from ella_demo.loading.embeddings import parse_embedding_argument
+from ella_demo.loading.lora import parse_lora_argument
 from ella_demo.loading.models import load_models
 from ella_demo.loading.sources import PRESETS
 
@@ -40,6 +43,8 @@ FLAGS = {
     "ella": "--ella",
     "t5": "--t5",
     "text_encoder": "--text-encoder",
+    "t5_offload": "--t5-offload",
+    "loras": "--lora",
 }
 # `dpg generate` makes square tiles: one --resolution sets both sides.
 DPG_FLAGS = {**FLAGS, "height": "--resolution", "width": "--resolution"}
@@ -79,6 +84,33 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_preset: str = "
     )
     group.add_argument("--cache-dir", type=Path, help="hub cache folder (default: huggingface_hub's own)")
     group.add_argument("--allow-pickle", action="store_true", help="also read .bin/.ckpt weights (can run code)")
+    _add_memory_and_addition_arguments(parser)
+
+
+def _add_memory_and_addition_arguments(parser: argparse.ArgumentParser) -> None:
+    """T5's memory options, LoRAs and textual-inversion embeddings (loading/additions.py)."""
+    memory = parser.add_argument_group("T5 memory")
+    memory.add_argument("--t5-device", choices=("cpu",), help="run T5 on the CPU (fp32; spares the GPU its memory)")
+    memory.add_argument("--t5-offload", action="store_true", help="keep T5 in CPU memory, on the GPU only to encode")
+    memory.add_argument("--t5-cache", type=Path, help="folder of encoded prompts, kept across runs (any size)")
+    additions = parser.add_argument_group("LoRAs and embeddings (safetensors only)")
+    additions.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        type=parse_lora_argument,
+        metavar="FILE[:WEIGHT]",
+        help="an SD1.5 LoRA (A1111/kohya or diffusers) on the UNet of both sides and on CLIP; repeatable",
+    )
+    additions.add_argument("--lora-fuse", action="store_true", help="merge the LoRAs into the weights at start-up")
+    additions.add_argument(
+        "--embedding",
+        action="append",
+        default=[],
+        type=parse_embedding_argument,
+        metavar="FILE[:TOKEN]",
+        help="a textual-inversion embedding for CLIP (token: the file's name unless given); repeatable",
+    )
 
 
 def load_from_args(args: argparse.Namespace) -> LoadedModels:
@@ -94,6 +126,8 @@ def load_from_args(args: argparse.Namespace) -> LoadedModels:
         t5_dtype=args.t5_dtype,
         allow_pickle=args.allow_pickle,
         cache_dir=args.cache_dir,
+        memory=T5Memory(args.t5_device, args.t5_offload, args.t5_cache),
+        additions=Additions(tuple(args.lora), args.lora_fuse, tuple(args.embedding)),
     )
 
 

@@ -131,7 +131,7 @@ def _dpg_generate(args: argparse.Namespace) -> int:
     """Write this process's share of the grids (several processes under `accelerate launch`)."""
     from accelerate import PartialState
 
-    from ella_demo.dpg.generation import MODEL_NAMES, generate_grids, shard
+    from ella_demo.dpg.generation import MODEL_NAMES, T5_FEATURES_FOLDER, encode_then_release_t5, generate_grids, shard
 
     # Everything is checked before any model loads.
     model_names = tuple(name.strip() for name in args.models.split(",") if name.strip())
@@ -152,7 +152,13 @@ def _dpg_generate(args: argparse.Namespace) -> int:
     if state.num_processes > 1 and args.device == "auto":
         args.device = str(state.device)
     models = arguments.load_from_args(args)
-    share = len(shard(sorted(prompts), state.process_index, state.num_processes))
+    mine = [prompts[item] for item in shard(sorted(prompts), state.process_index, state.num_processes)]
+    if "ella" in model_names:
+        store = args.t5_cache or args.out / T5_FEATURES_FOLDER
+        encoded, needed = encode_then_release_t5(models, mine, settings, store)
+        _report(f"process {state.process_index}: T5 encoded {encoded} of {needed} prompts (the rest were in {store}), "
+                "then was released")  # fmt: skip
+    share = len(mine)
     with tqdm(total=share, desc=f"DPG grids (process {state.process_index})", unit="prompt") as bar:
         counts = generate_grids(
             models,
@@ -164,11 +170,14 @@ def _dpg_generate(args: argparse.Namespace) -> int:
             progress=lambda item, made: bar.update(1),
         )
     generated, skipped = counts["generated"], counts["skipped"]
-    report = f"process {state.process_index}: generated {generated}, skipped {skipped} (already done)"
-    # one write of the whole line: the processes share stdout, and print's separate newline write can interleave
-    sys.stdout.write(report + "\n")
-    sys.stdout.flush()
+    _report(f"process {state.process_index}: generated {generated}, skipped {skipped} (already done)")
     return 0
+
+
+def _report(line: str) -> None:
+    """One write of the whole line: the processes share stdout, and print's separate newline write can interleave."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def _chosen_prompts(args: argparse.Namespace) -> dict[str, str]:

@@ -29,16 +29,35 @@ class Placement:
 
     `dtype` is for the UNet, VAE, CLIP and the connector; `t5_dtype` is for the T5 encoder, which
     ELLA was trained against in fp16, so by default it stays fp16 on a GPU whatever `dtype` says
-    (`choose_placement`'s `t5_dtype` overrides that).
+    (`choose_placement`'s `t5_dtype` overrides that). `t5_device` is where T5 runs: `device` unless it was
+    moved to the CPU to spare GPU memory (`--t5-device cpu`).
     """
 
     device: torch.device
     dtype: torch.dtype
     t5_dtype: torch.dtype
+    t5_device: torch.device | None = None
+
+    def __post_init__(self) -> None:
+        if self.t5_device is None:
+            object.__setattr__(self, "t5_device", self.device)
 
     def describe(self) -> str:
         names = {value: key for key, value in DTYPES.items()}
-        return f"{self.device} ({names[self.dtype]}, T5 in {names[self.t5_dtype]})"
+        where = "" if self.t5_device == self.device else f" on {self.t5_device}"
+        return f"{self.device} ({names[self.dtype]}, T5 in {names[self.t5_dtype]}{where})"
+
+    @property
+    def t5_caveat(self) -> str | None:
+        """What the user should know about where T5 runs, or None when it runs with the rest in the usual way."""
+        if self.t5_device == self.device or self.t5_device.type != "cpu":
+            return None
+        names = {value: key for key, value in DTYPES.items()}
+        return (
+            f"T5 runs on the CPU in {names[self.t5_dtype]}, not in the fp16 ELLA was trained with (PyTorch has no "
+            "usable fp16 on CPUs): its features, and so the ELLA images, can differ slightly from a GPU's. "
+            "Each new prompt takes seconds to encode; repeated ones come from the cache."
+        )
 
 
 def available_device() -> torch.device:
@@ -50,24 +69,33 @@ def available_device() -> torch.device:
     return torch.device("cpu")
 
 
-def choose_placement(device: str | None = None, dtype: str | None = None, t5_dtype: str | None = None) -> Placement:
-    """Resolve user choices (None = automatic) into a checked `Placement`.
+def choose_placement(
+    device: str | None = None, dtype: str | None = None, t5_dtype: str | None = None, t5_device: str | None = None
+) -> Placement:
+    """Resolve user choices (None = automatic) into a checked `Placement`; `t5_device` None: T5 runs on `device`.
 
     Raises:
         DeviceError: the device is unknown or absent, or a dtype is not supported on it.
     """
     resolved = available_device() if device in (None, "auto") else _parse_device(device)
-    kind = resolved.type
-    dtype_name = dtype or DEFAULT_DTYPE[kind]
-    t5_name = t5_dtype or ("fp16" if kind in ("cuda", "mps") else dtype_name)
-    for label, name in (("dtype", dtype_name), ("T5 dtype", t5_name)):
+    t5_resolved = resolved if t5_device in (None, "auto") else _parse_device(t5_device)
+    dtype_name = dtype or DEFAULT_DTYPE[resolved.type]
+    t5_name = t5_dtype or _default_t5_dtype(t5_resolved, resolved, dtype_name)
+    for label, name, kind in (("dtype", dtype_name, resolved.type), ("T5 dtype", t5_name, t5_resolved.type)):
         if name not in DTYPES:
             raise DeviceError(f"Unknown {label} {name!r}: choose one of {', '.join(DTYPES)}.")
         if name not in SUPPORTED_DTYPES[kind]:
             raise DeviceError(
                 f"{label} {name} is not supported on {kind}: choose one of {', '.join(SUPPORTED_DTYPES[kind])}."
             )
-    return Placement(resolved, DTYPES[dtype_name], DTYPES[t5_name])
+    return Placement(resolved, DTYPES[dtype_name], DTYPES[t5_name], t5_resolved)
+
+
+def _default_t5_dtype(t5_device: torch.device, device: torch.device, dtype_name: str) -> str:
+    """fp16 on a GPU (as ELLA was trained); on the CPU, the run's dtype when everything is there, else fp32."""
+    if t5_device.type in ("cuda", "mps"):
+        return "fp16"
+    return dtype_name if t5_device == device else DEFAULT_DTYPE["cpu"]
 
 
 def _parse_device(name: str) -> torch.device:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -28,6 +28,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from ella_demo.core.adapters import resolve_lora_weights
 from ella_demo.core.conditioning import EncodedPrompts, encode_prompts, pad_and_stack, side_conditions
 from ella_demo.core.models import LoadedModels
 from ella_demo.core.results import GenerationResult, StepCallback, StepEnd
@@ -67,6 +68,7 @@ def generate(
     prompt_after: str | None = None,
     switch_at_step: int = 0,
     connector_timestep: int | None = None,
+    loras: Mapping[str, float] | None = None,
 ) -> GenerationResult:
     """Generate with CLIP and with ELLA side by side (or one side: sides="clip" / "ella").
 
@@ -81,15 +83,19 @@ def generate(
     Two lesson modes (ella_demo/learn): a prompt schedule, `prompt` for the first `switch_at_step` steps and
     `prompt_after` for the rest, on both sides (0: `prompt_after` alone; num_inference_steps: `prompt`
     alone); and `connector_timestep`, fed to the connector at every step instead of the step's timestep.
+    `loras` maps LoRAs loaded at start-up (`models.loras`) to this run's weight (0: off); those it does not name
+    keep their start-up weight. The LoRAs change the shared UNet (both sides) and CLIP, for this run only.
     Raises `settings.SettingsError` for a bad argument before any model work starts.
     """
     settings = GenerationSettings(
         prompt, negative_prompt, seed, num_inference_steps, guidance_scale, height, width, scheduler,
         num_images, mode, t5_length, sides, trace, seeding, prompt_after, switch_at_step, connector_timestep,
+        resolve_lora_weights(models.loras, loras),
     )  # fmt: skip
     settings = with_native_size(models, settings)
     validate(settings, models.preset)
-    return _generate(models, settings, generator, latents, output_type, progress)
+    with models.adapters.active(settings.loras):
+        return _generate(models, settings, generator, latents, output_type, progress)
 
 
 def with_native_size(models: LoadedModels, settings: GenerationSettings) -> GenerationSettings:

@@ -8,6 +8,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from transformers import T5EncoderModel, T5Tokenizer
 
+from ella_demo.core.adapters import AdapterSwitch, EmbeddingInfo, LoraInfo
 from ella_demo.core.caching import LRUCache
 from ella_demo.core.connector import ELLA
 from ella_demo.core.devices import Placement
@@ -37,6 +38,8 @@ class LoadedModels:
     `ella` the connector; `t5`/`t5_tokenizer` the FLAN-T5 encoder. `t5_encoder` and
     `clip_encoder` wrap the text models with caches. `random_weights` is True for presets whose
     images are noise. `sources` records where each part came from, for the UI and meta files.
+    `loras` lists the LoRAs loaded at start-up (loading/lora.py) and `embeddings` the textual-inversion
+    tokens CLIP learned (loading/embeddings.py); `adapters` sets the LoRA weights of each run.
     """
 
     pipe: StableDiffusionPipeline
@@ -47,9 +50,12 @@ class LoadedModels:
     preset: str
     random_weights: bool
     sources: dict[str, str] = field(default_factory=dict)
+    loras: tuple[LoraInfo, ...] = ()
+    embeddings: tuple[EmbeddingInfo, ...] = ()
     t5_encoder: T5PromptEncoder = field(init=False)
     clip_encoder: CLIPPromptEncoder = field(init=False)
     condition_cache: LRUCache[torch.Tensor] = field(init=False)
+    adapters: AdapterSwitch = field(init=False)
 
     def __post_init__(self) -> None:
         self.t5_encoder = T5PromptEncoder(self.t5, self.t5_tokenizer)
@@ -57,6 +63,7 @@ class LoadedModels:
         # Connector outputs for negative prompts, keyed by (prompt, length, timestep, device, dtype):
         # 1024 entries of 64x768 fp16 are about 100 MB.
         self.condition_cache = LRUCache(1024)
+        self.adapters = AdapterSwitch(self.pipe, self.clip_encoder)
         # Once, before any request: a traced run then passes its recorder per call and changes nothing shared.
         install_recording_processors(self.pipe.unet)
 

@@ -73,6 +73,8 @@ class GenerationSettings:
     switch_at_step: int = 0
     # The timestep fed to the connector at every step, instead of the step's own (the paper's ablation).
     connector_timestep: int | None = None
+    # The weight of each LoRA loaded at start-up, as (name, weight) pairs (core/adapters.py); () without LoRAs.
+    loras: tuple[tuple[str, float], ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)

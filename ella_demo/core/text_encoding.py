@@ -9,15 +9,23 @@ used for classifier-free guidance, is pinned and computed once per model and len
 
 from __future__ import annotations
 
+import re
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, replace
 
 import torch
 
 from ella_demo.core.caching import LRUCache
+from ella_demo.core.errors import ExplorerError
 
 FLEXIBLE = "flexible"
 DEFAULT_T5_LENGTH = 128  # the token length ELLA was trained with
+
+
+class TextEncoderReleasedError(ExplorerError):
+    """A prompt was asked of a text encoder that was released after the prompts of its job were encoded."""
 
 
 class PromptTruncatedWarning(UserWarning):
@@ -97,12 +105,14 @@ def group_words(
     marks_start: str = "",
     marks_end: str = "",
     marks_continuation: str = "",
+    whole_words: frozenset[str] = frozenset(),
 ) -> tuple[Word, ...]:
     """Group tokens into words, by a start-of-word prefix (T5's `▁`), an end suffix (CLIP's `</w>`) or a
     continuation prefix (WordPiece's `##`, as in BERT and MiniLM: every other token starts a word).
 
-    Special tokens each form their own word. Word text strips the markers, so "▁red", "red</w>" and
-    "re" + "##d" all read "red".
+    Special tokens each form their own word, and so does each token in `whole_words` (words added to a
+    tokenizer, such as textual-inversion tokens, which carry no marker). Word text strips the markers, so
+    "▁red", "red</w>" and "re" + "##d" all read "red".
     """
     words: list[Word] = []
     current: list[int] = []
@@ -121,6 +131,10 @@ def group_words(
             flush()
             words.append(Word(token, (index,), is_special=True))
             continue
+        if token in whole_words:
+            flush()
+            words.append(Word(token, (index,)))
+            continue
         if (marks_start and token.startswith(marks_start)) or (
             marks_continuation and not token.startswith(marks_continuation)
         ):
@@ -138,29 +152,77 @@ def wordpiece_continuation(tokenizer) -> str:
     return getattr(decoder, "prefix", "") if type(decoder).__name__ == "WordPiece" else ""
 
 
+def expand_multi_vector_tokens(prompt: str, counts: dict[str, int]) -> tuple[str, list[int], list[int]]:
+    """`prompt` with " token_1 ... token_{n-1}" after each use of a token of n vectors (diffusers' layout).
+
+    Also returns, for each character of the result, the start and end in `prompt` of what it was read
+    from: itself, or for an added character the whole token it follows.
+    """
+    pattern = re.compile("|".join(re.escape(token) for token in sorted(counts, key=len, reverse=True)))
+    pieces: list[str] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    done = 0
+    for match in pattern.finditer(prompt):
+        added = "".join(f" {match.group()}_{index}" for index in range(1, counts[match.group()]))
+        pieces += [prompt[done : match.end()], added]
+        starts += [*range(done, match.end()), *[match.start()] * len(added)]
+        ends += [*range(done + 1, match.end() + 1), *[match.end()] * len(added)]
+        done = match.end()
+    pieces.append(prompt[done:])
+    starts += range(done, len(prompt))
+    ends += range(done + 1, len(prompt) + 1)
+    return "".join(pieces), starts, ends
+
+
 class _CachedEncoder:
-    """Shared LRU cache and tokenize -> run -> package flow of both encoders."""
+    """Shared caches and tokenize -> run -> package flow of both encoders.
+
+    Besides the in-memory LRU, an encoder may have a `store` on disk (core/t5_memory.py) that it reads
+    before encoding and writes after. `running` wraps each run of the model (offloading: it is on the GPU
+    only inside). `execution_device` is where it runs when that is not where its weights rest (offloaded or
+    released); `model` is None once released, and a prompt in no cache then raises TextEncoderReleasedError.
+    """
 
     def __init__(self, model: torch.nn.Module, tokenizer, cache_size: int = 64):
         self.model = model
         self.tokenizer = tokenizer
         self.cache = LRUCache[TextEncoding](cache_size)
+        # What else decides the features (CLIP: the LoRA weights in force, core/adapters.py); part of every key.
+        self.variant: tuple = ()
+        self.store = None  # a core/t5_memory.FeatureStore, when features are kept on disk
+        self.running: Callable[[], AbstractContextManager] = nullcontext
+        self.execution_device: torch.device | None = None
+        self.dtype: torch.dtype = next(model.parameters()).dtype
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        return self.execution_device or next(self.model.parameters()).device
 
     def _encode_cached(self, prompt: str, length_key, max_length: int, pad: bool) -> TextEncoding:
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
-        key = (prompt, length_key, str(self.device), self.dtype)
-        encoding = self.cache.get_or_compute(key, lambda: self._encode(prompt, max_length, pad), pin=prompt == "")
+        key = (prompt, length_key, str(self.device), self.dtype, self.variant)
+        encoding = self.cache.get_or_compute(
+            key, lambda: self._encode_stored(prompt, length_key, max_length, pad), pin=prompt == ""
+        )
         if encoding.dropped_tokens:
             warnings.warn(f"{type(self).__name__}: {encoding.truncation_message}", PromptTruncatedWarning, stacklevel=3)
+        return encoding
+
+    def _encode_stored(self, prompt: str, length_key, max_length: int, pad: bool) -> TextEncoding:
+        """From the store when it holds the prompt, else encoded (and stored)."""
+        found = self.store.get(prompt, length_key, self.dtype, self.device) if self.store is not None else None
+        if found is not None:
+            return found
+        if self.model is None:
+            raise TextEncoderReleasedError(
+                f"The text encoder was released after its job's prompts were encoded, and {prompt[:80]!r} was not "
+                "among them. Encode every prompt before releasing it."
+            )
+        encoding = self._encode(prompt, max_length, pad)
+        if self.store is not None:
+            self.store.put(encoding, length_key, self.dtype)
         return encoding
 
     def _encode(self, prompt: str, max_length: int, pad: bool) -> TextEncoding:
@@ -175,7 +237,7 @@ class _CachedEncoder:
         )
         input_ids = batch["input_ids"].to(self.device)
         attention_mask = batch["attention_mask"].to(self.device)
-        with torch.no_grad():
+        with torch.no_grad(), self.running():
             features = self._run(input_ids, attention_mask)
         tokens = tuple(self.tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist()))
         words = self._group(tokens)
@@ -233,11 +295,28 @@ class T5PromptEncoder(_CachedEncoder):
 
 
 class CLIPPromptEncoder(_CachedEncoder):
-    """CLIP text features for the plain SD1.5 side: always padded or truncated to 77 tokens."""
+    """CLIP text features for the plain SD1.5 side: always padded or truncated to 77 tokens.
+
+    `multi_vector_tokens` maps a textual-inversion token with n > 1 vectors to n (loading/embeddings.py):
+    CLIP's tokenizer holds it as `token`, `token_1`, ..., `token_{n-1}`, so the prompt is read with the
+    extra tokens after each use, and their offsets point at the word the user wrote.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer, cache_size: int = 64):
+        super().__init__(model, tokenizer, cache_size)
+        self.multi_vector_tokens: dict[str, int] = {}
 
     def encode(self, prompt: str) -> TextEncoding:
         """Encode one prompt: features (1, 77, hidden)."""
         return self._encode_cached(prompt, "max", self.tokenizer.model_max_length, pad=True)
+
+    def _encode(self, prompt: str, max_length: int, pad: bool) -> TextEncoding:
+        if not self.multi_vector_tokens:
+            return super()._encode(prompt, max_length, pad)
+        expanded, starts, ends = expand_multi_vector_tokens(prompt, self.multi_vector_tokens)
+        encoding = super()._encode(expanded, max_length, pad)
+        offsets = tuple((0, 0) if end == 0 else (starts[start], ends[end - 1]) for start, end in encoding.offsets)
+        return replace(encoding, prompt=prompt, offsets=offsets)
 
     def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         # SD1.5 was trained without CLIP's attention mask; the padding tokens' states are part of
@@ -245,4 +324,6 @@ class CLIPPromptEncoder(_CachedEncoder):
         return self.model(input_ids=input_ids)[0]
 
     def _group(self, tokens: tuple[str, ...]) -> tuple[Word, ...]:
-        return group_words(tokens, set(self.tokenizer.all_special_tokens), marks_end="</w>")
+        special = set(self.tokenizer.all_special_tokens)
+        added = frozenset(self.tokenizer.added_tokens_encoder) - special
+        return group_words(tokens, special, marks_end="</w>", whole_words=added)

@@ -20,9 +20,13 @@ from PIL import Image
 from ella_demo.core.engine import generate, with_native_size
 from ella_demo.core.models import LoadedModels
 from ella_demo.core.settings import GenerationSettings
+from ella_demo.core.t5_memory import release_t5
 from ella_demo.inspect.outputs import package_versions
+from ella_demo.loading.additions import t5_identity
+from ella_demo.loading.feature_store import FeatureStore
 
 MODEL_NAMES = ("clip", "ella")
+T5_FEATURES_FOLDER = "t5-features"  # under the results folder, unless --t5-cache names another
 PROMPTS_FILE = "prompts.json"  # the prompts a results folder was generated from, for browsing
 SEED_POLICY = "every prompt: seed S; its 4 tiles are the 4 latents drawn from S in one batch, shared by CLIP and ELLA"
 
@@ -101,6 +105,27 @@ def generate_grids(
         if progress:
             progress(item, bool(pending))
     return counts
+
+
+def encode_then_release_t5(
+    models: LoadedModels, prompts: list[str], settings: GenerationSettings, store: str | Path
+) -> tuple[int, int]:
+    """Encode every prompt (and the negative prompt) with T5 into a features store, then free T5's memory.
+
+    The store (`--t5-cache`, or `store`) keeps the features across runs and processes, so a prompt is
+    encoded once ever; the grids then run on the UNet, VAE, CLIP and the connector alone (core/t5_memory.py).
+    Returns (prompts T5 itself encoded, prompts needed in all, the negative prompt included).
+    """
+    encoder = models.t5_encoder
+    if encoder.store is None:
+        encoder.store = FeatureStore(store, t5_identity(models))
+    needed = list(dict.fromkeys([settings.negative_prompt, *prompts]))
+    encoded = 0
+    for prompt in needed:
+        encoded += not encoder.store.path(prompt, settings.t5_length, encoder.dtype).is_file()
+        encoder.encode(prompt, settings.t5_length)
+    release_t5(models)
+    return encoded, len(needed)
 
 
 def _write_folder_records(

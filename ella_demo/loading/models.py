@@ -18,6 +18,7 @@ from ella_demo.core.connector import ELLA, EllaConfig
 from ella_demo.core.devices import Placement, choose_placement
 from ella_demo.core.errors import InputError
 from ella_demo.core.models import LoadedModels
+from ella_demo.loading.additions import Additions, T5Memory
 from ella_demo.loading.checkpoint import load_ella_checkpoint, resolve_ella_file
 from ella_demo.loading.hub import OFFLINE_ADVICE, MissingFilesError, ModelSourceError, parse_source
 from ella_demo.loading.pocket import pocket_sources
@@ -46,6 +47,8 @@ def load_models(
     allow_pickle: bool = False,
     cache_dir: str | Path | None = None,
     seed: int = 0,
+    memory: T5Memory | None = None,
+    additions: Additions | None = None,
 ) -> LoadedModels:
     """Load a preset, with any of its parts replaced by a hub id ("org/name[/path/in/repo]") or a local path.
 
@@ -54,10 +57,9 @@ def load_models(
             "random-sd15" (weightless, see presets.py).
         sd15: sd15 preset: a diffusers folder or `.safetensors` file of an SD1.5-derived model; pocket: a world.
         t5: sd15 preset only: a folder with a T5 encoder and its tokenizer.
-        ella: any preset. A `.safetensors` file or a folder holding `ella-sd1.5-tsc-t5xl.safetensors`
-            (replacing a weightless preset's random connector), or "scratch": a new, untrained
-            connector that fits the UNet and the text encoder (see `new_connector`; nothing is
-            downloaded), its other sizes the preset's (EllaConfig's defaults for sd15).
+        ella: any preset. A `.safetensors` file or a folder holding `ella-sd1.5-tsc-t5xl.safetensors` (replacing a
+            weightless preset's random connector), or "scratch": a new, untrained connector that fits the UNet and
+            the text encoder (`new_connector`; nothing is downloaded), its other sizes the preset's.
         text_encoder: any preset, not with t5: any transformers text encoder with its tokenizer,
             instead of T5. The connector must have been trained with it (or be "scratch").
         sd15_config: diffusers config folder to read a single-file checkpoint with (default: loading/configs/sd15);
@@ -67,6 +69,7 @@ def load_models(
             code; off by default). The connector always loads from safetensors.
         cache_dir: hub cache folder (default: the huggingface_hub default).
         seed: weight seed of the weightless presets and of a "scratch" connector.
+        memory: where T5 runs and what keeps it off the GPU (`T5Memory`); additions: LoRAs and embeddings.
 
     `random_weights` is True for the weightless presets and a scratch connector: their images are noise.
     Raises:
@@ -74,12 +77,35 @@ def load_models(
         ModelSourceError: a part is missing or unreadable, or the parts do not fit together.
     """
     _check_arguments(preset, sd15, t5, text_encoder)
-    placement = choose_placement(device, dtype, t5_dtype)
+    memory, additions = memory or T5Memory(), additions or Additions()
+    placement = choose_placement(device, dtype, t5_dtype, memory.t5_device)
+    memory.check(placement)
     weightless = preset in WEIGHTLESS_PRESETS
     given = pocket_sources(sd15, ella, text_encoder) if preset == "pocket" else {"sd15": sd15, "ella": ella, "t5": t5}
     sources = _part_sources(weightless, **({"text_encoder": text_encoder} | given))
     paths = _resolve_parts(sources, placement, allow_pickle, cache_dir)
-    if weightless:
+    components, provenance = _load_components(
+        preset, sources, paths, sd15_config, placement, allow_pickle, cache_dir, seed
+    )
+    random_weights = weightless or sources.get("ella") == ELLA_SCRATCH
+    models = assemble_models(components, placement, preset, provenance, random_weights)
+    memory.apply(models)
+    additions.apply(models)
+    return models
+
+
+def _load_components(
+    preset: str,
+    sources: dict[str, Source],
+    paths: dict[str, Path],
+    sd15_config: str | Path | None,
+    placement: Placement,
+    allow_pickle: bool,
+    cache_dir: str | Path | None,
+    seed: int,
+) -> tuple[Components, dict[str, str]]:
+    """Every part built (weightless presets) or loaded from its resolved path, checked to fit; and their provenance."""
+    if preset in WEIGHTLESS_PRESETS:
         configs = read_weightless_configs(preset)
         parts = vars(build_weightless_components(configs, placement, seed))
         connector_config, provenance = configs.ella, {"weights": f"random (seed {seed}), {preset} architecture"}
@@ -90,8 +116,7 @@ def load_models(
     provenance |= _load_connector(parts, sources, paths, connector_config, placement, seed)
     components = Components(**parts)
     _check_compatible(components)
-    random_weights = weightless or sources.get("ella") == ELLA_SCRATCH
-    return assemble_models(components, placement, preset, provenance, random_weights)
+    return components, provenance
 
 
 def new_connector(base: dict, unet: torch.nn.Module, text_model: torch.nn.Module, seed: int) -> ELLA:
@@ -248,7 +273,7 @@ def assemble_models(
     return LoadedModels(
         pipe=pipe,
         ella=components.ella.to(placement.device),
-        t5=components.t5.to(placement.device),
+        t5=components.t5.to(placement.t5_device),
         t5_tokenizer=components.t5_tokenizer,
         placement=placement,
         preset=preset,

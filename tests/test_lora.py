@@ -1,0 +1,203 @@
+"""LoRAs on the tiny preset, from files these tests write in A1111/kohya and diffusers layouts.
+
+Each test loads its own tiny models (under a second): LoRAs change the shared UNet and CLIP, and the
+session's `tiny` fixture must stay as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from tests_support import RANK, clip_layers, random_factors, unet_layers, unet_lora_file, write_diffusers, write_kohya
+
+from ella_demo import generate, load_models
+from ella_demo.core.settings import SettingsError
+from ella_demo.loading.additions import Additions
+from ella_demo.loading.lora import AdapterFileError, LoraSpec, load_loras, parse_lora_argument, unload_loras
+
+RUN = {"prompt": "a red cube left of a blue ball", "seed": 3, "num_inference_steps": 3, "output_type": "latent"}
+
+
+WRITERS = {"kohya": (write_kohya, 2.0 / RANK), "diffusers": (write_diffusers, 1.0)}
+
+
+def merged_by_hand(factors: dict, model, scale: float) -> None:
+    """W += scale * up @ down for each layer: what the LoRA should make of `model`, computed without diffusers."""
+    with torch.no_grad():
+        for name, (down, up) in factors.items():
+            model.get_submodule(name).weight += scale * up @ down
+
+
+def latents(result) -> dict[str, torch.Tensor]:
+    return {side: tensor.clone() for side, tensor in result.latents.items()}
+
+
+def assert_same(first: dict, second: dict) -> None:
+    assert first.keys() == second.keys()
+    for side in first:
+        assert torch.equal(first[side], second[side]), side
+
+
+def assert_differ(first: dict, second: dict, sides=("clip", "ella")) -> None:
+    for side in sides:
+        assert (first[side] - second[side]).abs().max() > 1e-3, side
+
+
+@pytest.fixture
+def fresh():
+    return load_models("tiny", device="cpu")
+
+
+@pytest.mark.parametrize("layout", WRITERS)
+def test_a_unet_lora_changes_both_sides_as_the_same_hand_merged_unet_does(fresh, tmp_path, layout):
+    write, scale = WRITERS[layout]
+    factors = random_factors(fresh.pipe.unet, unet_layers(fresh), seed=1)
+    reference = load_models("tiny", device="cpu")
+    merged_by_hand(factors, reference.pipe.unet, 0.8 * scale)
+    before = latents(generate(fresh, **RUN))
+    load_loras(fresh, [LoraSpec(write(tmp_path / f"{layout}.safetensors", factors, {}), 0.8)])
+    with_lora = latents(generate(fresh, **RUN))
+    by_hand = latents(generate(reference, **RUN))
+    assert_differ(with_lora, before)
+    for side in ("clip", "ella"):  # both sides get the same LoRA: each matches the same hand-merged UNet
+        torch.testing.assert_close(with_lora[side], by_hand[side], atol=1e-3, rtol=1e-3)
+    assert fresh.loras[0].parts == ("unet",) and fresh.loras[0].file == f"{layout}.safetensors"
+
+
+@pytest.mark.parametrize("layout", WRITERS)
+def test_a_clip_lora_changes_the_clip_side_and_ella_clip_but_never_t5_alone(fresh, tmp_path, layout):
+    write, scale = WRITERS[layout]
+    factors = random_factors(fresh.pipe.text_encoder, clip_layers(fresh), seed=2, scale=0.2)
+    reference = load_models("tiny", device="cpu")
+    merged_by_hand(factors, reference.pipe.text_encoder, scale)
+    runs = {mode: latents(generate(fresh, **RUN, mode=mode)) for mode in ("ella", "ella+clip")}
+    load_loras(fresh, [LoraSpec(write(tmp_path / "clip.safetensors", {}, factors))])
+    assert fresh.loras[0].parts == ("text_encoder",)
+    plain = latents(generate(fresh, **RUN, mode="ella"))
+    assert torch.equal(plain["ella"], runs["ella"]["ella"])  # T5 -> connector: no CLIP anywhere
+    assert_differ(plain, runs["ella"], sides=("clip",))
+    mixed = latents(generate(fresh, **RUN, mode="ella+clip"))
+    assert_differ(mixed, runs["ella+clip"], sides=("ella",))
+    by_hand = latents(generate(reference, **RUN, mode="ella+clip"))
+    for side in ("clip", "ella"):
+        torch.testing.assert_close(mixed[side], by_hand[side], atol=1e-3, rtol=1e-3)
+
+
+def test_zero_weight_leaves_images_unchanged_and_removal_restores_them_exactly(fresh, tmp_path):
+    unet = random_factors(fresh.pipe.unet, unet_layers(fresh), seed=3)
+    clip = random_factors(fresh.pipe.text_encoder, clip_layers(fresh), seed=4)
+    before = latents(generate(fresh, **RUN, mode="ella+clip"))
+    load_loras(fresh, [LoraSpec(write_kohya(tmp_path / "both.safetensors", unet, clip), 0.0)])
+    assert_same(latents(generate(fresh, **RUN, mode="ella+clip")), before)  # start-up weight 0
+    on = latents(generate(fresh, **RUN, mode="ella+clip", loras={"both": 1.0}))
+    assert_differ(on, before)
+    assert_same(latents(generate(fresh, **RUN, mode="ella+clip", loras={"both": 0.0})), before)  # back off per run
+    assert_same(latents(generate(fresh, **RUN, mode="ella+clip", loras={"both": 1.0})), on)  # and on again
+    unload_loras(fresh)
+    assert fresh.loras == ()
+    assert_same(latents(generate(fresh, **RUN, mode="ella+clip")), before)
+
+
+def test_two_sessions_running_at_once_never_see_each_others_lora_weight(fresh, tmp_path):
+    load_loras(fresh, [LoraSpec(unet_lora_file(fresh, tmp_path / "style.safetensors", seed=5))])
+    expected = {weight: latents(generate(fresh, **RUN, loras={"style": weight})) for weight in (0.0, 1.0)}
+    assert_differ(expected[0.0], expected[1.0])
+    seen, errors = [], []
+
+    def session(weight: float) -> None:
+        try:
+            for _ in range(3):
+                seen.append((weight, latents(generate(fresh, **RUN, loras={"style": weight}))))
+        except Exception as error:  # noqa: BLE001 - a thread's exception would be lost; asserted below
+            errors.append(error)
+
+    threads = [threading.Thread(target=session, args=(weight,)) for weight in (0.0, 1.0, 0.0, 1.0)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(seen) == 12
+    for weight, result in seen:
+        assert_same(result, expected[weight])
+
+
+def test_a_fused_lora_is_in_every_run_and_has_no_per_run_weight(fresh, tmp_path):
+    factors = random_factors(fresh.pipe.unet, unet_layers(fresh), seed=6)
+    path = write_diffusers(tmp_path / "fused.safetensors", factors, {})
+    switchable = load_models("tiny", device="cpu", additions=Additions((LoraSpec(path, 0.5),)))
+    per_run = latents(generate(switchable, **RUN))
+    load_loras(fresh, [LoraSpec(path, 0.5)], fuse=True)
+    torch.testing.assert_close(latents(generate(fresh, **RUN)), per_run, atol=1e-4, rtol=1e-4)
+    assert fresh.loras[0].fused and "fused at start-up at weight 0.5" in fresh.loras[0].describe()
+    with pytest.raises(SettingsError, match="fused at start-up; its weight is fixed"):
+        generate(fresh, **RUN, loras={"fused": 1.0})
+
+
+@pytest.mark.parametrize(
+    ("loras", "message"),
+    [
+        ({"nope": 1.0}, "'nope', which was not loaded at start-up. LoRAs with a per-run weight: style"),
+        ({"style": 3.0}, "from -2 to 2, got 3.0"),
+        ({"style": float("nan")}, "must be a number"),
+        ({"style": True}, "must be a number"),
+    ],
+)
+def test_bad_lora_weights_are_refused_before_any_work(fresh, tmp_path, loras, message):
+    load_loras(fresh, [LoraSpec(unet_lora_file(fresh, tmp_path / "style.safetensors", seed=7, layers=2))])
+    with pytest.raises(SettingsError, match=message):
+        generate(fresh, **RUN, loras=loras)
+
+
+def write_pickle_bomb(path: Path, marker: Path) -> Path:
+    """A pickle that creates `marker` when loaded: what a malicious .ckpt or .pt could do."""
+
+    class Bomb:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    path.write_bytes(pickle.dumps(Bomb()))
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".pt", ".bin", ".safetensors"])
+def test_pickle_files_are_refused_without_being_unpickled(fresh, tmp_path, suffix):
+    marker = tmp_path / "code-ran"
+    path = write_pickle_bomb(tmp_path / f"lora{suffix}", marker)
+    expected = "not a valid safetensors file" if suffix == ".safetensors" else "only .safetensors files are read"
+    with pytest.raises(AdapterFileError, match=expected):
+        load_loras(fresh, [LoraSpec(path)])
+    assert not marker.exists() and fresh.loras == ()
+
+
+def test_files_that_are_not_sd15_loras_are_refused_by_name(fresh, tmp_path):
+    save_file({"some.weight": torch.zeros(2, 2)}, tmp_path / "other.safetensors")
+    with pytest.raises(AdapterFileError, match=r"other\.safetensors could not be loaded as an SD1\.5 LoRA"):
+        load_loras(fresh, [LoraSpec(tmp_path / "other.safetensors")])
+    with pytest.raises(AdapterFileError, match="no such file"):
+        load_loras(fresh, [LoraSpec(tmp_path / "missing.safetensors")])
+    assert fresh.loras == () and not any(fresh.pipe.get_list_adapters().values())
+
+
+def test_lora_arguments_take_an_optional_weight_after_the_last_colon():
+    assert parse_lora_argument("style.safetensors") == LoraSpec(Path("style.safetensors"), 1.0)
+    assert parse_lora_argument("a/style.safetensors:0.6") == LoraSpec(Path("a/style.safetensors"), 0.6)
+    assert parse_lora_argument("C:\\loras\\style.safetensors") == LoraSpec(Path("C:\\loras\\style.safetensors"))
+    assert parse_lora_argument("C:\\style.safetensors:-1") == LoraSpec(Path("C:\\style.safetensors"), -1.0)
+    with pytest.raises(argparse.ArgumentTypeError, match="from -2 to 2"):
+        parse_lora_argument("style.safetensors:5")
+
+
+def test_names_come_from_file_names_and_stay_unique(fresh, tmp_path):
+    factors = random_factors(fresh.pipe.unet, unet_layers(fresh)[:2], seed=8)
+    first = write_kohya(tmp_path / "my style v2.safetensors", factors, {})
+    (tmp_path / "other").mkdir()
+    second = write_kohya(tmp_path / "other" / "my style v2.safetensors", factors, {})
+    load_loras(fresh, [LoraSpec(first), LoraSpec(second, 0.3)])
+    assert [(lora.name, lora.weight) for lora in fresh.loras] == [("my_style_v2", 1.0), ("my_style_v2_2", 0.3)]
+    assert all("/" not in lora.file for lora in fresh.loras)  # the UI never shows a server folder
