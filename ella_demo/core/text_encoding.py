@@ -199,6 +199,11 @@ class _CachedEncoder:
     def device(self) -> torch.device:
         return self.execution_device or next(self.model.parameters()).device
 
+    def use_store(self, store) -> None:
+        """Keep encodings in `store` from now on; the memory cache starts empty, so every prompt passes the store."""
+        self.store = store
+        self.cache.clear()
+
     def _encode_cached(self, prompt: str, length_key, max_length: int, pad: bool) -> TextEncoding:
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")

@@ -118,7 +118,7 @@ def encode_then_release_t5(
     """
     encoder = models.t5_encoder
     if encoder.store is None:
-        encoder.store = FeatureStore(store, t5_identity(models))
+        encoder.use_store(FeatureStore(store, t5_identity(models)))
     needed = list(dict.fromkeys([settings.negative_prompt, *prompts]))
     encoded = 0
     for prompt in needed:

@@ -44,7 +44,7 @@ class T5Memory:
         if self.offload:
             offload_between_encodings(models.t5_encoder, models.placement.t5_device)
         if self.cache is not None:
-            models.t5_encoder.store = FeatureStore(self.cache, t5_identity(models))
+            models.t5_encoder.use_store(FeatureStore(self.cache, t5_identity(models)))
 
 
 @dataclass(frozen=True)
