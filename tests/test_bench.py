@@ -171,3 +171,25 @@ def test_training_bench_measures_all_four_configurations(tmp_path, capsys):
 def test_training_bench_names_bad_flags_before_starting(flags, message, capsys):
     assert main(["bench", "--training", "--preset", "tiny", "--device", "cpu", *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_t5_memory_bench_counts_each_models_weights_and_what_each_option_leaves_on_the_gpu(tiny):
+    from ella_demo.bench.t5_memory import MemoryBench, run_memory_bench
+
+    report = run_memory_bench(MemoryBench("tiny", "fp32", 64, 2))
+    loaded = {"unet": tiny.pipe.unet, "vae": tiny.pipe.vae, "text_encoder": tiny.pipe.text_encoder,
+              "ella": tiny.ella, "t5": tiny.t5}  # fmt: skip
+    counted = {
+        name: sum(t.numel() for t in (*module.parameters(), *module.buffers())) for name, module in loaded.items()
+    }
+    assert report["parameters"] == counted  # the meta-device count is the loaded models' own
+    rows = {row["option"]: row for row in report["options"]}
+    everything, t5 = sum(counted.values()) * 4 / 2**20, counted["t5"] * 4 / 2**20
+    assert rows["together"]["at_rest_mb"] == rows["together"]["while_encoding_mb"] == round(everything, 1)
+    assert rows["offload"]["at_rest_mb"] == round(everything - t5, 1) and rows["offload"]["while_encoding_mb"] == round(
+        everything, 1
+    )
+    for option in ("t5-on-cpu", "released"):
+        assert rows[option]["at_rest_mb"] == rows[option]["while_encoding_mb"] == round(everything - t5, 1)
+    if not torch.cuda.is_available():
+        assert all(row["peak_mb"] is None for row in rows.values()) and "not measured" in report["device"]

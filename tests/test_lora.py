@@ -68,6 +68,11 @@ def test_a_unet_lora_changes_both_sides_as_the_same_hand_merged_unet_does(fresh,
     for side in ("clip", "ella"):  # both sides get the same LoRA: each matches the same hand-merged UNet
         torch.testing.assert_close(with_lora[side], by_hand[side], atol=1e-3, rtol=1e-3)
     assert fresh.loras[0].parts == ("unet",) and fresh.loras[0].file == f"{layout}.safetensors"
+    recorded = generate(fresh, **RUN, loras={layout: 0.5})
+    assert recorded.settings.loras == ((layout, 0.5),)  # what meta.json and the PNG's settings keep
+    assert recorded.provenance.to_dict()["additions"] == [
+        f"LoRA {layout}: {layout}.safetensors (UNet; weight chosen per run)"
+    ]
 
 
 @pytest.mark.parametrize("layout", WRITERS)

@@ -47,6 +47,12 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--max-sessions", type=int, default=32, help="with --sessions: the app's --max-sessions (default 32)"
     )
+    bench.add_argument(
+        "--t5-memory",
+        action="store_true",
+        help="instead of timing, show each T5 memory option's GPU weights and, on a CUDA GPU, measure its peak over "
+        "one generation at --resolution (default 512; tiny: 64), --steps, in --dtype (default fp16)",
+    )
     bench.add_argument("--trace-steps", type=int, nargs="+", default=[25, 50], help="with --trace-size")
     bench.add_argument(
         "--trace-t5-length",
@@ -87,6 +93,8 @@ def run_bench(args: argparse.Namespace) -> int:
         report = _bench_trace_size(args)
     elif args.training:
         report = _bench_training(args)
+    elif args.t5_memory:
+        report = _bench_t5_memory(args)
     else:
         report = _bench_speed(args)
     if args.json:
@@ -141,6 +149,22 @@ def _bench_sessions(args: argparse.Namespace) -> dict:
     limits = ServingLimits(max_sessions=args.max_sessions)
     report = session_memory(args.preset, args.sessions, max(1, args.sessions // 10), args.height, args.steps, limits)
     print(format_session_memory(report))
+    return report
+
+
+def _bench_t5_memory(args: argparse.Namespace) -> dict:
+    """Each T5 memory option's GPU weights (counted) and, on CUDA, its peak over one generation (measured)."""
+    from ella_demo.bench.t5_memory import ARCHITECTURES, MemoryBench, format_memory_table, run_memory_bench
+
+    if args.preset not in ARCHITECTURES:
+        raise InputError("--preset", f"for --t5-memory must be one of {', '.join(ARCHITECTURES)}, got {args.preset}.")
+    if overrides := _model_overrides(args):
+        raise InputError("--t5-memory", f"measures the preset's own models; drop {', '.join(overrides)}.")
+    size = args.resolution or (64 if args.preset == "tiny" else 512)
+    bench = MemoryBench(args.preset, args.dtype or "fp16", size, args.steps)
+    validate(GenerationSettings(prompt="", num_inference_steps=bench.steps, height=size, width=size), args.preset)
+    report = run_memory_bench(bench)
+    print(format_memory_table(report))
     return report
 
 

@@ -24,10 +24,11 @@ class ModelProvenance:
     random_weights: bool
     sources: dict[str, str]
     device: str
+    additions: tuple[str, ...] = ()  # the LoRAs and embeddings loaded at start-up, described
 
     def to_dict(self) -> dict:
         return {"preset": self.preset, "random_weights": self.random_weights, "sources": self.sources,
-                "device": self.device}  # fmt: skip
+                "device": self.device, "additions": list(self.additions)}  # fmt: skip
 
 
 @dataclass
@@ -82,4 +83,8 @@ class LoadedModels:
         return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
 
     def provenance(self) -> ModelProvenance:
-        return ModelProvenance(self.preset, self.random_weights, dict(self.sources), self.placement.describe())
+        additions = [f"LoRA {lora.name}: {lora.describe()}" for lora in self.loras]
+        additions += [f"embedding {item.token}: {item.file}, {item.vectors} vector(s)" for item in self.embeddings]
+        return ModelProvenance(
+            self.preset, self.random_weights, dict(self.sources), self.placement.describe(), tuple(additions)
+        )

@@ -138,7 +138,7 @@ def _write_folder_records(
         "guidance_scale": settings.guidance_scale, "scheduler": settings.scheduler, "num_images": 4,
         "mode": settings.mode, "t5_length": settings.t5_length, "seed_policy": SEED_POLICY,
         "preset": provenance.preset, "random_weights": provenance.random_weights, "sources": provenance.sources,
-        "versions": package_versions(),
+        "additions": list(provenance.additions), "versions": package_versions(),
     }  # fmt: skip
     for name in model_names:
         (out / name / "meta.json").write_text(json.dumps({**record, "model": name}, indent=2))
