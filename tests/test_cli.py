@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ella_demo import cli, generate
@@ -324,3 +325,33 @@ def test_progress_bar_total_is_the_steps_the_scheduler_runs(monkeypatch, tmp_pat
     assert main(argv) == 0
     [bar] = bars
     assert (bar.n, bar.total) == (4, 4)
+
+
+def test_generate_with_a_lora_an_embedding_and_a_t5_cache_records_them(tmp_path, capsys):
+    from safetensors.torch import save_file
+    from tests_support import unet_lora_file
+
+    from ella_demo import load_models
+
+    lora = unet_lora_file(load_models("tiny", device="cpu"), tmp_path / "ink-wash.safetensors", seed=3)
+    save_file({"emb_params": torch.zeros(1, 32)}, tmp_path / "glow.safetensors")
+    flags = [
+        "--lora",
+        f"{lora}:0.5",
+        "--embedding",
+        str(tmp_path / "glow.safetensors"),
+        "--t5-cache",
+        str(tmp_path / "t5"),
+    ]
+    assert main([*GENERATE, *SMALL, *flags, "--out", str(tmp_path / "run")]) == 0
+    meta = json.loads((tmp_path / "run" / "meta.json").read_text())
+    assert meta["settings"]["loras"] == [["ink_wash", 0.5]]
+    assert meta["additions"] == ["LoRA ink_wash: ink-wash.safetensors (UNet; weight chosen per run)",
+                                 "embedding glow: glow.safetensors, 1 vector(s)"]  # fmt: skip
+    assert len(list((tmp_path / "t5").glob("*.safetensors"))) == 2  # the prompt and the empty negative prompt
+
+
+def test_pickle_loras_are_refused_with_what_to_do(tmp_path, capsys):
+    (tmp_path / "style.ckpt").write_bytes(b"not read")
+    assert main([*GENERATE, *SMALL, "--lora", str(tmp_path / "style.ckpt"), "--out", str(tmp_path / "run")]) == 2
+    assert "only .safetensors files are read (.ckpt is a pickle format" in capsys.readouterr().err
