@@ -56,6 +56,8 @@ def test_two_browser_sessions_with_and_without_the_lora_each_get_their_own_image
         for side in ("clip", "ella"):
             np.testing.assert_array_equal(outputs[weight][side], expected[weight][side])
     assert not np.array_equal(outputs[0.0]["ella"], outputs[1.0]["ella"])
+    notes = ui.run_generate("a red cat", **FAST, lora_weights={"style": 0.0})["notes"]
+    assert "LoRAs in this run: none (every weight 0)." in notes
     default = ui.run_generate("a red cat", **FAST)["session"].result  # no weights sent: the start-up weight
     assert default.settings.loras == (("style", 0.8),)
     np.testing.assert_array_equal(default.ella_pixels, pixels(styled, 0.8)["ella"])

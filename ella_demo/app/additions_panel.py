@@ -20,21 +20,25 @@ HOW_TO_ADD = (
 
 def describe_additions(models: LoadedModels) -> str:
     """The panel's text: the start-up LoRAs and embeddings, and where T5 runs."""
-    lines = []
+    blocks = []
     if models.loras:
-        lines.append("**LoRAs loaded at start-up** (the UNet's part changes both sides alike; CLIP's part the CLIP "
-                     "side and `ella+clip`):")  # fmt: skip
-        lines += [f"- `{lora.name}`: {lora.describe()}" for lora in models.loras]
+        blocks.append("\n".join([
+            "**LoRAs loaded at start-up** (the UNet's part changes both sides alike; CLIP's part the CLIP side and "
+            "`ella+clip`):",
+            *(f"- `{lora.name}`: {lora.describe()}" for lora in models.loras),
+        ]))  # fmt: skip
     if models.embeddings:
-        lines.append("**Textual-inversion embeddings** (CLIP side and `ella+clip` only; T5 does not know them):")
-        lines += [f"- `{item.token}` ({item.file}, {item.vectors} vector{'s' * (item.vectors > 1)})"
-                  for item in models.embeddings]  # fmt: skip
-    if not lines:
-        lines.append(f"No LoRA or embedding was loaded. {HOW_TO_ADD}")
-    lines.append(f"**T5:** {models.placement.describe()}.")
+        blocks.append("\n".join([
+            "**Textual-inversion embeddings** (CLIP side and `ella+clip` only; T5 does not know them):",
+            *(f"- `{item.token}` ({item.file}, {item.vectors} vector{'s' * (item.vectors > 1)})"
+              for item in models.embeddings),
+        ]))  # fmt: skip
+    if not blocks:
+        blocks.append(f"No LoRA or embedding was loaded. {HOW_TO_ADD}")
+    blocks.append(f"**T5:** {models.placement.describe()}.")
     if models.placement.t5_caveat:
-        lines.append(f"⚠️ {models.placement.t5_caveat}")
-    return "\n".join(lines)
+        blocks.append(f"⚠️ {models.placement.t5_caveat}")
+    return "\n\n".join(blocks)
 
 
 def additions_panel(models: LoadedModels) -> dict[str, gr.components.Component]:

@@ -190,6 +190,9 @@ class ExplorerUI:
     def _run_notes(self, result: GenerationResult) -> str:
         timings = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in result.timings.items())
         lines = [f"**Seed used: {result.settings.seed}** ({result.seeding}). Timings: {timings}."]
+        if result.settings.loras:
+            live = [f"`{name}` at {weight:g}" for name, weight in result.settings.loras if weight]
+            lines.append(f"LoRAs in this run: {', '.join(live) or 'none (every weight 0)'}.")
         lines += [f"⚠️ {note}" for note in result.warnings]
         if result.random_weights:
             lines.append(f"⚠️ Random weights ({self.models.preset} preset): the images are noise.")
