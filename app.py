@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     for lora in models.loras:
         print(f"  LoRA {lora.name}: {lora.describe()}")
     for embedding in models.embeddings:
-        print(f"  embedding {embedding.token}: {embedding.file}, {embedding.vectors} vector(s), CLIP only")
+        print(f"  embedding {embedding.token}: {embedding.describe()} (CLIP only)")
     if models.placement.t5_caveat:
         print(f"  Note: {models.placement.t5_caveat}")
     if models.random_weights:

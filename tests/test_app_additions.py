@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -44,7 +45,8 @@ def test_two_browser_sessions_with_and_without_the_lora_each_get_their_own_image
     outputs = {}
 
     def session(weight: float) -> None:
-        views = ui.run_generate("a red cat", **FAST, lora_weights={"style": weight})["session"]
+        request = SimpleNamespace(session_hash=f"session-{weight}")  # what Gradio passes: one per browser tab
+        views = ui.run_generate("a red cat", **FAST, lora_weights={"style": weight}, request=request)["session"]
         outputs[weight] = {"clip": views.result.clip_pixels, "ella": views.result.ella_pixels}
 
     threads = [threading.Thread(target=session, args=(weight,)) for weight in (0.0, 1.0)]

@@ -35,7 +35,7 @@ def test_the_lora_slider_sets_the_weight_of_this_sessions_run(lora_server):
         assert "ink-wash.safetensors (UNet; weight chosen per run)" in panel.inner_text()
         weight = page.locator("#lora-ink_wash input[type=number]")
         notes = page.locator("#run-notes")
-        for typed, expected in (("0.7", "`ink_wash` at 0.7"), ("0", "none (every weight 0)")):
+        for typed, expected in (("1.3", "`ink_wash` at 1.3"), ("0", "none (every weight 0)")):
             weight.fill(typed)
             weight.press("Enter")
             page.locator("#prompt textarea").fill(f"a red cat, weight {typed}")

@@ -347,7 +347,7 @@ def test_generate_with_a_lora_an_embedding_and_a_t5_cache_records_them(tmp_path,
     meta = json.loads((tmp_path / "run" / "meta.json").read_text())
     assert meta["settings"]["loras"] == [["ink_wash", 0.5]]
     assert meta["additions"] == ["LoRA ink_wash: ink-wash.safetensors (UNet; weight chosen per run)",
-                                 "embedding glow: glow.safetensors, 1 vector(s)"]  # fmt: skip
+                                 "embedding glow: glow.safetensors, 1 vector"]  # fmt: skip
     assert len(list((tmp_path / "t5").glob("*.safetensors"))) == 2  # the prompt and the empty negative prompt
 
 

@@ -10,10 +10,11 @@ import torch
 from safetensors.torch import save_file
 
 from ella_demo import generate, load_models
+from ella_demo.cli.arguments import parse_embedding_argument
 from ella_demo.core.text_encoding import expand_multi_vector_tokens
+from ella_demo.loading.addition_files import AdapterFileError
 from ella_demo.loading.additions import Additions
-from ella_demo.loading.embeddings import EmbeddingSpec, load_embeddings, parse_embedding_argument
-from ella_demo.loading.lora import AdapterFileError
+from ella_demo.loading.embeddings import EmbeddingSpec, load_embeddings
 
 RUN = {"seed": 4, "num_inference_steps": 2, "output_type": "latent"}
 

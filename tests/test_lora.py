@@ -9,17 +9,22 @@ from __future__ import annotations
 import argparse
 import pickle
 import threading
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 from tests_support import RANK, clip_layers, random_factors, unet_layers, unet_lora_file, write_diffusers, write_kohya
 
 from ella_demo import generate, load_models
+from ella_demo.cli.arguments import parse_lora_argument
+from ella_demo.core.adapters import AdapterSwitch
 from ella_demo.core.settings import SettingsError
+from ella_demo.loading.addition_files import AdapterFileError
 from ella_demo.loading.additions import Additions
-from ella_demo.loading.lora import AdapterFileError, LoraSpec, load_loras, parse_lora_argument, unload_loras
+from ella_demo.loading.lora import LoraSpec, load_loras, unload_loras
 
 RUN = {"prompt": "a red cube left of a blue ball", "seed": 3, "num_inference_steps": 3, "output_type": "latent"}
 
@@ -149,7 +154,7 @@ def test_a_fused_lora_is_in_every_run_and_has_no_per_run_weight(fresh, tmp_path)
     [
         ({"nope": 1.0}, "'nope', which was not loaded at start-up. LoRAs with a per-run weight: style"),
         ({"style": 3.0}, "from -2 to 2, got 3.0"),
-        ({"style": float("nan")}, "must be a number"),
+        ({"style": float("nan")}, "must be from -2 to 2, got nan"),
         ({"style": True}, "must be a number"),
     ],
 )
@@ -206,3 +211,111 @@ def test_names_come_from_file_names_and_stay_unique(fresh, tmp_path):
     load_loras(fresh, [LoraSpec(first), LoraSpec(second, 0.3)])
     assert [(lora.name, lora.weight) for lora in fresh.loras] == [("my_style_v2", 1.0), ("my_style_v2_2", 0.3)]
     assert all("/" not in lora.file for lora in fresh.loras)  # the UI never shows a server folder
+
+
+class FakeEncoder:
+    def __init__(self):
+        self.variant = ()
+        self.cache = type("Cache", (), {"clear": lambda self: None})()
+
+
+class NoAdapters:
+    """A pipeline without adapters: the switch's ordering alone is under test."""
+
+    def get_list_adapters(self):
+        return {}
+
+
+def test_a_run_with_other_weights_is_never_overtaken_by_later_runs_with_the_weights_in_force():
+    switch = AdapterSwitch(NoAdapters(), FakeEncoder(), lambda: ())
+    started, release = [], threading.Event()
+
+    def run(label: str, weight: float, hold: threading.Event | None = None) -> None:
+        with switch.active((("style", weight),)):
+            started.append(label)
+            if hold is not None:
+                hold.wait(10)
+
+    first = threading.Thread(target=run, args=("A1", 1.0, release))
+    first.start()
+    while started != ["A1"]:
+        time.sleep(0.01)
+    others = [threading.Thread(target=run, args=("B", 0.5)), threading.Thread(target=run, args=("A2", 1.0))]
+    for thread in others:  # B asks first, then A2, whose weights are the ones in force
+        thread.start()
+        time.sleep(0.2)
+    assert started == ["A1"]  # A2 waits behind B instead of joining A1
+    release.set()
+    for thread in (first, *others):
+        thread.join(10)
+    assert started == ["A1", "B", "A2"]
+
+
+def test_runs_with_the_weights_in_force_share_the_models_when_nobody_waits():
+    switch = AdapterSwitch(NoAdapters(), FakeEncoder(), lambda: ())
+    inside, release = [], threading.Event()
+
+    def run() -> None:
+        with switch.active((("style", 1.0),)):
+            inside.append(1)
+            release.wait(10)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while len(inside) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(inside) == 3  # all three at once
+    release.set()
+    for thread in threads:
+        thread.join(10)
+
+
+def test_clip_features_follow_loras_fused_or_removed_while_the_models_serve(fresh, tmp_path):
+    factors = random_factors(fresh.pipe.text_encoder, clip_layers(fresh), seed=10, scale=0.2)
+    path = write_kohya(tmp_path / "clip.safetensors", {}, factors)
+    before = latents(generate(fresh, **RUN, mode="ella+clip"))  # CLIP features now cached
+    load_loras(fresh, [LoraSpec(path)], fuse=True)
+    reference = load_models("tiny", device="cpu", additions=Additions((LoraSpec(path),), fuse_loras=True))
+    fused = latents(generate(fresh, **RUN, mode="ella+clip"))
+    assert_same(fused, latents(generate(reference, **RUN, mode="ella+clip")))
+    assert_differ(fused, before)
+    switchable = load_models("tiny", device="cpu")
+    generate(switchable, **RUN, mode="ella+clip")
+    load_loras(switchable, [LoraSpec(path)])
+    with_lora = latents(generate(switchable, **RUN, mode="ella+clip"))
+    unload_loras(switchable)
+    assert_same(latents(generate(switchable, **RUN, mode="ella+clip")), before)
+    assert_differ(with_lora, before)
+
+
+def test_unet_only_loras_at_many_weights_keep_one_clip_entry_per_prompt(fresh, tmp_path):
+    load_loras(fresh, [LoraSpec(unet_lora_file(fresh, tmp_path / "style.safetensors", seed=11, layers=2))])
+    for weight in (0.1, 0.2, 0.3, 0.4, 0.5):
+        generate(fresh, **{**RUN, "num_inference_steps": 1}, loras={"style": weight})
+    assert len(fresh.clip_encoder.cache) == 2  # the prompt and the empty negative prompt, whatever the UNet's weight
+
+
+def test_lora_weights_of_any_numeric_type_are_checked_and_huge_ones_refused(fresh, tmp_path):
+    load_loras(fresh, [LoraSpec(unet_lora_file(fresh, tmp_path / "style.safetensors", seed=12, layers=2))])
+    assert generate(fresh, **RUN, loras={"style": np.float32(0.5)}).settings.loras == (("style", 0.5),)
+    with pytest.raises(SettingsError, match="must be from -2 to 2"):
+        generate(fresh, **RUN, loras={"style": 10**400})
+
+
+def test_start_up_weights_out_of_range_and_fusing_after_switchable_loras_are_refused(fresh, tmp_path):
+    path = unet_lora_file(fresh, tmp_path / "style.safetensors", seed=13, layers=2)
+    with pytest.raises(AdapterFileError, match="must be from -2 to 2, got 5"):
+        load_loras(fresh, [LoraSpec(path, 5.0)])
+    load_loras(fresh, [LoraSpec(path)])
+    with pytest.raises(AdapterFileError, match="fused only before any LoRA with a per-run weight"):
+        load_loras(fresh, [LoraSpec(path)], fuse=True)
+
+
+def test_a_failed_load_leaves_none_of_its_files_loaded(fresh, tmp_path):
+    good = unet_lora_file(fresh, tmp_path / "good.safetensors", seed=14, layers=2)
+    save_file({"some.weight": torch.zeros(2, 2)}, tmp_path / "bad.safetensors")
+    with pytest.raises(AdapterFileError, match=r"bad\.safetensors"):
+        load_loras(fresh, [LoraSpec(good), LoraSpec(tmp_path / "bad.safetensors")])
+    assert fresh.loras == () and not any(fresh.pipe.get_list_adapters().values())

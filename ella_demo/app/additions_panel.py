@@ -30,8 +30,7 @@ def describe_additions(models: LoadedModels) -> str:
     if models.embeddings:
         blocks.append("\n".join([
             "**Textual-inversion embeddings** (CLIP side and `ella+clip` only; T5 does not know them):",
-            *(f"- `{item.token}` ({item.file}, {item.vectors} vector{'s' * (item.vectors > 1)})"
-              for item in models.embeddings),
+            *(f"- `{item.token}` ({item.describe()})" for item in models.embeddings),
         ]))  # fmt: skip
     if not blocks:
         blocks.append(f"No LoRA or embedding was loaded. {HOW_TO_ADD}")

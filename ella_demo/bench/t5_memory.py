@@ -3,8 +3,9 @@
 Two measurements per option (core/t5_memory.py):
 - the weights the GPU holds, counted from the architecture built on PyTorch's meta device (no weights are
   made or read): at rest between prompts, and while T5 encodes a new prompt. Exact on any machine.
-- on a CUDA GPU, torch's peak allocated memory over one generation of a new prompt (so T5 encodes it) at
-  the chosen size, both sides, guidance on: what decides whether a card fits. Elsewhere: not measured.
+- on a CUDA GPU, torch's peak allocated memory from loading the models to the end of one generation of a
+  new prompt (so T5 encodes it) at the chosen size, both sides, guidance on: what decides whether a card
+  fits. Elsewhere: not measured.
 
 Options: "together" (every model on the GPU), "offload" (--t5-offload), "t5-on-cpu" (--t5-device cpu),
 "released" (T5 freed after encoding, as `dpg generate` does).
@@ -61,13 +62,15 @@ def gpu_weights_mb(parameters: dict[str, int], option: str, bytes_per_value: int
     everything = sum(parameters.values()) * bytes_per_value / 2**20
     without_t5 = everything - parameters["t5"] * bytes_per_value / 2**20
     at_rest = everything if option == "together" else without_t5
-    encoding = everything if option in ("together", "offload") else without_t5
+    encoding = without_t5 if option == "t5-on-cpu" else everything  # "released" encodes on the GPU first
     return {"at_rest_mb": round(at_rest, 1), "while_encoding_mb": round(encoding, 1)}
 
 
 def measure_peak_mb(bench: MemoryBench, option: str) -> float:
-    """Peak CUDA memory over one generation of a new prompt under `option` (models loaded for it, then freed)."""
+    """Peak CUDA memory under `option` over loading the models, encoding a new prompt and generating from it
+    (loading and encoding included: a card must hold every moment); the models are freed afterwards."""
     memory = {"offload": T5Memory(offload=True), "t5-on-cpu": T5Memory(t5_device="cpu")}.get(option, T5Memory())
+    torch.cuda.reset_peak_memory_stats()
     models = load_models(bench.preset, device="cuda", dtype=bench.dtype, memory=memory)
     with tempfile.TemporaryDirectory() as folder:
         if option == "released":
@@ -75,9 +78,8 @@ def measure_peak_mb(bench: MemoryBench, option: str) -> float:
             for prompt in ("", PROMPT):
                 models.t5_encoder.encode(prompt)
             release_t5(models)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
         generate(models, PROMPT, num_inference_steps=bench.steps, height=bench.size, width=bench.size)
+        torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() / 2**20
     del models
     gc.collect()

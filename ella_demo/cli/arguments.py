@@ -6,13 +6,14 @@ import argparse
 from collections.abc import Mapping
 from pathlib import Path
 
+from ella_demo.core.adapters import LORA_WEIGHT_RANGE
 from ella_demo.core.devices import DTYPES
 from ella_demo.core.errors import ExplorerError, InputError
 from ella_demo.core.models import LoadedModels
 from ella_demo.core.text_encoding import FLEXIBLE
 from ella_demo.loading.additions import Additions, T5Memory
-from ella_demo.loading.embeddings import parse_embedding_argument
-from ella_demo.loading.lora import parse_lora_argument
+from ella_demo.loading.embeddings import EmbeddingSpec
+from ella_demo.loading.lora import LoraSpec
 from ella_demo.loading.models import load_models
 from ella_demo.loading.sources import PRESETS
 
@@ -113,6 +114,15 @@ def _add_memory_and_addition_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def addition_flags(args: argparse.Namespace) -> list[str]:
+    """The LoRA, embedding and T5-memory flags given: commands that build or train their own models refuse them."""
+    given = (
+        ("--lora", args.lora), ("--lora-fuse", args.lora_fuse), ("--embedding", args.embedding),
+        ("--t5-device", args.t5_device), ("--t5-offload", args.t5_offload), ("--t5-cache", args.t5_cache),
+    )  # fmt: skip
+    return [flag for flag, value in given if value]
+
+
 def load_from_args(args: argparse.Namespace) -> LoadedModels:
     """The models the flags of `add_model_arguments` choose."""
     return load_models(
@@ -139,3 +149,26 @@ def t5_length(text: str) -> int | str:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be '{FLEXIBLE}' or a token count, got {text!r}") from None
+
+
+def parse_lora_argument(text: str) -> LoraSpec:
+    """`FILE` or `FILE:WEIGHT`: only a number after the last colon is a weight (a Windows drive's colon is FILE's)."""
+    path, _, tail = text.rpartition(":")
+    try:
+        weight = float(tail)
+    except ValueError:
+        return LoraSpec(Path(text))
+    low, high = LORA_WEIGHT_RANGE
+    if not path or not low <= weight <= high:
+        raise argparse.ArgumentTypeError(f"expected FILE[:WEIGHT] with a weight from {low:g} to {high:g}, got {text!r}")
+    return LoraSpec(Path(path), weight)
+
+
+def parse_embedding_argument(text: str) -> EmbeddingSpec:
+    """`FILE` or `FILE:TOKEN`, where TOKEN has no path separator (so a Windows drive stays part of FILE)."""
+    path, _, token = text.rpartition(":")
+    if not path or not token or any(mark in token for mark in "/\\."):
+        return EmbeddingSpec(Path(text))
+    if any(mark.isspace() for mark in token):
+        raise argparse.ArgumentTypeError(f"the token after ':' must be one word without spaces, got {token!r}")
+    return EmbeddingSpec(Path(path), token)

@@ -171,7 +171,7 @@ def _bench_t5_memory(args: argparse.Namespace) -> dict:
 def _model_overrides(args: argparse.Namespace) -> list[str]:
     """The model flags given beyond the preset, which the benchmarks that build their own models refuse."""
     flags = (("--sd15", args.sd15), ("--ella", args.ella), ("--t5", args.t5), ("--text-encoder", args.text_encoder))
-    return [flag for flag, value in flags if value]
+    return [flag for flag, value in flags if value] + arguments.addition_flags(args)
 
 
 def _bench_training(args: argparse.Namespace) -> dict:

@@ -131,11 +131,11 @@ def _dpg_generate(args: argparse.Namespace) -> int:
     """Write this process's share of the grids (several processes under `accelerate launch`)."""
     from accelerate import PartialState
 
-    from ella_demo.dpg.generation import MODEL_NAMES, T5_FEATURES_FOLDER, encode_then_release_t5, generate_grids, shard
+    from ella_demo.dpg import generation
 
     # Everything is checked before any model loads.
     model_names = tuple(name.strip() for name in args.models.split(",") if name.strip())
-    if not model_names or any(name not in MODEL_NAMES for name in model_names):
+    if not model_names or any(name not in generation.MODEL_NAMES for name in model_names):
         raise InputError("--models", f"must list clip and/or ella, got {args.models!r}.")
     guidance = default_guidance(args.preset) if args.guidance is None else args.guidance
     settings = GenerationSettings(
@@ -152,15 +152,11 @@ def _dpg_generate(args: argparse.Namespace) -> int:
     if state.num_processes > 1 and args.device == "auto":
         args.device = str(state.device)
     models = arguments.load_from_args(args)
-    mine = [prompts[item] for item in shard(sorted(prompts), state.process_index, state.num_processes)]
+    mine = generation.shard(sorted(prompts), state.process_index, state.num_processes)
     if "ella" in model_names:
-        store = args.t5_cache or args.out / T5_FEATURES_FOLDER
-        encoded, needed = encode_then_release_t5(models, mine, settings, store)
-        _report(f"process {state.process_index}: T5 encoded {encoded} of {needed} prompts (the rest were in {store}), "
-                "then was released")  # fmt: skip
-    share = len(mine)
-    with tqdm(total=share, desc=f"DPG grids (process {state.process_index})", unit="prompt") as bar:
-        counts = generate_grids(
+        _encode_then_release_t5(args, models, {item: prompts[item] for item in mine}, settings, state.process_index)
+    with tqdm(total=len(mine), desc=f"DPG grids (process {state.process_index})", unit="prompt") as bar:
+        counts = generation.generate_grids(
             models,
             prompts,
             args.out,
@@ -172,6 +168,19 @@ def _dpg_generate(args: argparse.Namespace) -> int:
     generated, skipped = counts["generated"], counts["skipped"]
     _report(f"process {state.process_index}: generated {generated}, skipped {skipped} (already done)")
     return 0
+
+
+def _encode_then_release_t5(
+    args: argparse.Namespace, models, prompts: dict[str, str], settings: GenerationSettings, rank: int
+) -> None:
+    """Encode the prompts of the ELLA grids still to make into the features store, then free T5."""
+    from ella_demo.core.engine import with_native_size
+    from ella_demo.dpg import generation
+
+    store = args.t5_cache or args.out / generation.T5_FEATURES_FOLDER
+    missing = generation.missing_grids(args.out / "ella", list(prompts), with_native_size(models, settings).height)
+    encoded, needed = generation.encode_then_release_t5(models, [prompts[item] for item in missing], settings, store)
+    _report(f"process {rank}: T5 encoded {encoded} of {needed} prompts (the rest were in {store}), then was released")
 
 
 def _report(line: str) -> None:

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from ella_demo.cli import arguments
+from ella_demo.core.errors import InputError
 from ella_demo.train.config import DEFAULT_VALIDATION_PROMPTS, TrainConfig
 
 # The command-line flag of each TrainConfig field an InputError may name.
@@ -63,6 +64,8 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train, print where the outputs are."""
+    if given := arguments.addition_flags(args):
+        raise InputError(given[0], "is for generation: training fits a connector to the base models. Drop it.")
     fields = set(TrainConfig.__dataclass_fields__) - {"validation_prompts", "progress"}
     values = {name: getattr(args, name) for name in fields if hasattr(args, name)}
     prompts = args.validation_prompts

@@ -3,15 +3,17 @@
 LoRAs are loaded once at start-up (loading/lora.py) as named adapters of the one UNet and CLIP text encoder
 every session shares. Each run asks for a weight per LoRA; `AdapterSwitch.active` sets those weights for
 the length of the run. Runs asking for the same weights may overlap; a run asking for others waits until
-they end, so no run ever sees another's setting. A LoRA fused at start-up is part of the weights and has
-no per-run weight.
+they end, so no run ever sees another's setting, and runs start in the order they asked. A LoRA fused at
+start-up is part of the weights and has no per-run weight.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import threading
-from collections.abc import Iterator, Mapping
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -52,6 +54,23 @@ class EmbeddingInfo:
     file: str
     vectors: int
 
+    def describe(self) -> str:
+        return f"{self.file}, {self.vectors} vector{'s' * (self.vectors > 1)}"
+
+
+def check_lora_weight(name: str, weight) -> float:
+    """`weight` as a float if it is a finite number in LORA_WEIGHT_RANGE (ints and numpy floats too)."""
+    low, high = LORA_WEIGHT_RANGE
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
+        raise SettingsError("loras", f"weight of {name!r} must be a number from {low:g} to {high:g}, got {weight!r}.")
+    try:
+        value = float(weight)
+    except OverflowError:
+        value = math.inf
+    if not (math.isfinite(value) and low <= value <= high):
+        raise SettingsError("loras", f"weight of {name!r} must be from {low:g} to {high:g}, got {weight!r}.")
+    return value
+
 
 def resolve_lora_weights(loras: tuple[LoraInfo, ...], requested: Mapping[str, float] | None) -> LoraWeights:
     """The weight of every switchable LoRA for one run: `requested` where it names one, else its start-up weight.
@@ -60,52 +79,42 @@ def resolve_lora_weights(loras: tuple[LoraInfo, ...], requested: Mapping[str, fl
         SettingsError: `requested` names a LoRA that was not loaded or was fused, or a weight out of range.
     """
     switchable = {lora.name: lora for lora in loras if not lora.fused}
-    requested = dict(requested or {})
-    for name, weight in requested.items():
+    chosen = {name: lora.weight for name, lora in switchable.items()}
+    for name, weight in (requested or {}).items():
         if name not in switchable:
             fused = [lora.name for lora in loras if lora.fused]
             why = "was fused at start-up; its weight is fixed" if name in fused else "was not loaded at start-up"
             choices = ", ".join(switchable) or "none (start the app with --lora FILE[:WEIGHT])"
             raise SettingsError("loras", f"names {name!r}, which {why}. LoRAs with a per-run weight: {choices}.")
-        low, high = LORA_WEIGHT_RANGE
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight):
-            raise SettingsError(
-                "loras", f"weight of {name!r} must be a number from {low:g} to {high:g}, got {weight!r}."
-            )
-        if not low <= weight <= high:
-            raise SettingsError("loras", f"weight of {name!r} must be from {low:g} to {high:g}, got {weight!r}.")
-    return tuple((name, float(requested.get(name, lora.weight))) for name, lora in switchable.items())
+        chosen[name] = check_lora_weight(name, weight)
+    return tuple(chosen.items())
 
 
 class AdapterSwitch:
     """Sets the shared pipeline's LoRA weights for each run, so that concurrent runs never mix settings.
 
     `pipe` is the diffusers StableDiffusionPipeline whose UNet and text encoder hold the LoRAs as named
-    adapters; `clip_encoder` caches CLIP features, which depend on the text encoder's LoRAs, so its
-    `variant` follows the weights in force.
+    adapters; `loras()` lists them (`LoadedModels.loras`). `clip_encoder` caches CLIP features, which depend
+    on the weights of the LoRAs with a CLIP part: its `variant` (part of every cache key) follows those
+    weights. Runs queue in the order they ask; the run at the head starts when nothing runs or when the
+    weights in force are its own, so a run with other weights is never overtaken.
     """
 
-    def __init__(self, pipe, clip_encoder):
+    def __init__(self, pipe, clip_encoder, loras: Callable[[], tuple[LoraInfo, ...]]):
         self._pipe = pipe
         self._clip_encoder = clip_encoder
+        self._loras = loras
+        self._clip_loras: frozenset[str] = frozenset()
         self._condition = threading.Condition()
-        self._in_force: LoraWeights | None = None  # None: not set by any run yet
+        self._queue: deque[object] = deque()
+        self._in_force: LoraWeights | None = None  # None: unknown, set again by the next run
         self._running = 0
-        self._waiting = 0
 
     @contextmanager
     def active(self, weights: LoraWeights) -> Iterator[None]:
-        """Hold `weights` for the body's length: waits while runs with other weights are in progress.
-
-        A run whose weights are already in force joins at once unless another run is waiting for its
-        turn, so a stream of runs with one setting never starves a run with another.
-        """
+        """Hold `weights` for the body's length, after every run that asked earlier has started."""
         live = tuple((name, weight) for name, weight in weights if weight != 0.0)
-        with self._condition:
-            if not (self._running == 0 or (self._in_force == live and self._waiting == 0)):
-                self._waiting += 1
-                self._condition.wait_for(lambda: self._running == 0 or self._in_force == live)
-                self._waiting -= 1
+        with self._turn(lambda: self._running == 0 or self._in_force == live):
             if self._in_force != live:
                 self._apply(live)
             self._running += 1
@@ -116,23 +125,39 @@ class AdapterSwitch:
                 self._running -= 1
                 self._condition.notify_all()
 
-    def reset(self) -> None:
-        """Forget the weights in force, after LoRAs were loaded or removed: the next run sets its own again."""
-        with self._condition:
-            if self._running:
-                raise RuntimeError("LoRAs can only be loaded or removed while no run is in progress")
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Change the adapters themselves (load, fuse, remove LoRAs) with no run in progress or starting; after
+        the body, CLIP's cached features are dropped (its weights may have changed) and `loras()` read again."""
+        with self._turn(lambda: self._running == 0):
             self._in_force = None
+            try:
+                yield
+            finally:
+                self._clip_loras = frozenset(lora.name for lora in self._loras() if "text_encoder" in lora.parts)
+                self._clip_encoder.cache.clear()
+
+    @contextmanager
+    def _turn(self, may_start) -> Iterator[None]:
+        """Wait, holding the lock, until this caller heads the queue and `may_start()`; then leave the queue."""
+        ticket = object()
+        with self._condition:
+            self._queue.append(ticket)
+            try:
+                self._condition.wait_for(lambda: self._queue[0] is ticket and may_start())
+            finally:
+                self._queue.remove(ticket)
+                self._condition.notify_all()
+            yield
 
     def _apply(self, live: LoraWeights) -> None:
         """Make the pipeline apply exactly the LoRAs in `live` at their weights (none: the models as loaded)."""
-        if self._has_adapters():
+        self._in_force = None  # until the pipeline holds `live` in full
+        if any(self._pipe.get_list_adapters().values()):
             if live:
                 self._pipe.enable_lora()
                 self._pipe.set_adapters([name for name, _ in live], [weight for _, weight in live])
             else:
                 self._pipe.disable_lora()
-        self._clip_encoder.variant = live
+        self._clip_encoder.variant = tuple((name, weight) for name, weight in live if name in self._clip_loras)
         self._in_force = live
-
-    def _has_adapters(self) -> bool:
-        return any(self._pipe.get_list_adapters().values())

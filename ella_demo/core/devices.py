@@ -9,6 +9,7 @@ import torch
 from ella_demo.core.errors import ExplorerError
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 # Which dtypes each device type runs. fp16 on CPU is missing kernels or very slow in PyTorch.
 SUPPORTED_DTYPES = {
@@ -43,21 +44,19 @@ class Placement:
             object.__setattr__(self, "t5_device", self.device)
 
     def describe(self) -> str:
-        names = {value: key for key, value in DTYPES.items()}
         where = "" if self.t5_device == self.device else f" on {self.t5_device}"
-        return f"{self.device} ({names[self.dtype]}, T5 in {names[self.t5_dtype]}{where})"
+        return f"{self.device} ({DTYPE_NAMES[self.dtype]}, T5 in {DTYPE_NAMES[self.t5_dtype]}{where})"
 
     @property
     def t5_caveat(self) -> str | None:
         """What the user should know about where T5 runs, or None when it runs with the rest in the usual way."""
         if self.t5_device == self.device or self.t5_device.type != "cpu":
             return None
-        names = {value: key for key, value in DTYPES.items()}
         return (
-            f"T5 runs on the CPU in {names[self.t5_dtype]}, not in the fp16 ELLA was trained with (PyTorch has no "
-            "usable fp16 on CPUs): its features, and so the ELLA images, can differ slightly from a GPU's. "
-            "A new prompt is encoded at CPU speed (FLAN-T5-XL: 0.7 s for 30 tokens on two cores, README "
-            "'Small GPUs'); a repeated one comes from the cache."
+            f"T5 runs on the CPU in {DTYPE_NAMES[self.t5_dtype]}, not in the fp16 ELLA was trained with (PyTorch "
+            "has no usable fp16 on CPUs): its features, and so the ELLA images, can differ slightly from a GPU's. "
+            "A new prompt is encoded at CPU speed (README, 'Small GPUs', gives a measurement); a repeated one "
+            "comes from the cache."
         )
 
 

@@ -64,7 +64,7 @@ class LoadedModels:
         # Connector outputs for negative prompts, keyed by (prompt, length, timestep, device, dtype):
         # 1024 entries of 64x768 fp16 are about 100 MB.
         self.condition_cache = LRUCache(1024)
-        self.adapters = AdapterSwitch(self.pipe, self.clip_encoder)
+        self.adapters = AdapterSwitch(self.pipe, self.clip_encoder, lambda: self.loras)
         # Once, before any request: a traced run then passes its recorder per call and changes nothing shared.
         install_recording_processors(self.pipe.unet)
 
@@ -84,7 +84,7 @@ class LoadedModels:
 
     def provenance(self) -> ModelProvenance:
         additions = [f"LoRA {lora.name}: {lora.describe()}" for lora in self.loras]
-        additions += [f"embedding {item.token}: {item.file}, {item.vectors} vector(s)" for item in self.embeddings]
+        additions += [f"embedding {item.token}: {item.describe()}" for item in self.embeddings]
         return ModelProvenance(
             self.preset, self.random_weights, dict(self.sources), self.placement.describe(), tuple(additions)
         )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import gc
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -43,6 +43,12 @@ class OffloadedWhileIdle:
                 yield
             finally:
                 self._hook.offload()
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()  # so other processes can use what T5 held
+
+    def remove(self) -> None:
+        """Take the hook off the model, so that nothing here keeps it alive."""
+        self._hook.remove()
 
 
 def offload_between_encodings(encoder, device: torch.device) -> None:
@@ -50,6 +56,7 @@ def offload_between_encodings(encoder, device: torch.device) -> None:
     offloaded = OffloadedWhileIdle(encoder.model, device)
     encoder.execution_device = device
     encoder.running = offloaded.running
+    encoder.offloaded = offloaded
 
 
 def release_t5(models: LoadedModels) -> None:
@@ -57,6 +64,9 @@ def release_t5(models: LoadedModels) -> None:
     the encoder's caches and store only, and any other prompt is refused with text_encoding.TextEncoderReleasedError."""
     encoder = models.t5_encoder
     encoder.execution_device = encoder.device
+    if encoder.offloaded is not None:
+        encoder.offloaded.remove()
+    encoder.running, encoder.offloaded = nullcontext, None
     encoder.model = models.t5 = None
     gc.collect()
     if encoder.execution_device.type == "cuda":

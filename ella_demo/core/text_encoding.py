@@ -192,6 +192,7 @@ class _CachedEncoder:
         self.variant: tuple = ()
         self.store = None  # a core/t5_memory.FeatureStore, when features are kept on disk
         self.running: Callable[[], AbstractContextManager] = nullcontext
+        self.offloaded = None  # the core/t5_memory.OffloadedWhileIdle behind `running`, when offloaded
         self.execution_device: torch.device | None = None
         self.dtype: torch.dtype = next(model.parameters()).dtype
 
@@ -209,7 +210,7 @@ class _CachedEncoder:
             raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
         key = (prompt, length_key, str(self.device), self.dtype, self.variant)
         encoding = self.cache.get_or_compute(
-            key, lambda: self._encode_stored(prompt, length_key, max_length, pad), pin=prompt == ""
+            key, lambda: self._encode_stored(prompt, length_key, max_length, pad), pin=prompt == "" and not self.variant
         )
         if encoding.dropped_tokens:
             warnings.warn(f"{type(self).__name__}: {encoding.truncation_message}", PromptTruncatedWarning, stacklevel=3)

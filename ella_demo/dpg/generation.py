@@ -48,6 +48,11 @@ def grid_is_valid(path: Path, resolution: int) -> bool:
         return False
 
 
+def missing_grids(folder: Path, items: list[str], resolution: int) -> list[str]:
+    """The items whose grid in `folder` is absent or unreadable (what a run, or a resumed one, still makes)."""
+    return [item for item in items if not grid_is_valid(folder / f"{item}.png", resolution)]
+
+
 def make_grid(images: list[Image.Image]) -> Image.Image:
     """4 equal images -> one 2x2 grid, row-major."""
     width, height = images[0].size
@@ -94,7 +99,7 @@ def generate_grids(
         _write_folder_records(models, prompts, out, settings, model_names)
     counts = {"generated": 0, "skipped": 0}
     for item in shard(sorted(prompts), rank, world):
-        pending = [name for name in model_names if not grid_is_valid(out / name / f"{item}.png", settings.height)]
+        pending = [name for name in model_names if missing_grids(out / name, [item], settings.height)]
         if pending:
             sides = "both" if len(pending) == 2 else pending[0]
             result = generate(models, **replace(settings, prompt=prompts[item], sides=sides).to_dict())
@@ -122,7 +127,7 @@ def encode_then_release_t5(
     needed = list(dict.fromkeys([settings.negative_prompt, *prompts]))
     encoded = 0
     for prompt in needed:
-        encoded += not encoder.store.path(prompt, settings.t5_length, encoder.dtype).is_file()
+        encoded += not encoder.store.path(prompt, settings.t5_length, encoder.dtype, encoder.device).is_file()
         encoder.encode(prompt, settings.t5_length)
     release_t5(models)
     return encoded, len(needed)

@@ -8,6 +8,7 @@ are named only after the cut.
 
 from __future__ import annotations
 
+from ella_demo.core.adapters import resolve_lora_weights
 from ella_demo.core.errors import InputError
 from ella_demo.core.text_encoding import FLEXIBLE, TextEncoding
 from ella_demo.inspect.figures import category_bars_figure, to_image
@@ -66,7 +67,9 @@ def lesson(runner: LessonRunner, options: LessonOptions) -> LessonResult:
     if not prompt.strip():
         raise InputError("prompt", "is empty: type a long, dense prompt (more than 77 CLIP tokens shows the cut).")
     runner.check_prompts(prompt)
-    clip, t5 = runner.models.clip_encoder.encode(prompt), runner.models.t5_encoder.encode(prompt, FLEXIBLE)
+    models = runner.models
+    with models.adapters.active(resolve_lora_weights(models.loras, None)):  # CLIP as the lesson's runs read it
+        clip, t5 = models.clip_encoder.encode(prompt), models.t5_encoder.encode(prompt, FLEXIBLE)
     cut = kept_characters(clip)
     numbers = {
         "prompt": prompt,

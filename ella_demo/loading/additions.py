@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from ella_demo.core.devices import Placement
 from ella_demo.core.errors import InputError
 from ella_demo.core.models import LoadedModels
@@ -39,6 +41,10 @@ class T5Memory:
                 "moves T5 to the GPU only while it encodes, but T5 runs on the CPU here "
                 f"({placement.describe()}). Drop it, or run on a GPU.",
             )
+
+    def resting_device(self, placement: Placement) -> torch.device:
+        """Where T5's weights live between encodings: the CPU when offloaded (never on the GPU at start-up)."""
+        return torch.device("cpu") if self.offload else placement.t5_device
 
     def apply(self, models: LoadedModels) -> None:
         if self.offload:

@@ -8,7 +8,6 @@ written into prompts as one word and expanded by the CLIP encoder (core/text_enc
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 
 from ella_demo.core.adapters import EmbeddingInfo
 from ella_demo.core.models import LoadedModels
-from ella_demo.loading.lora import AdapterFileError, quiet_libraries, read_safetensors
+from ella_demo.loading.addition_files import AdapterFileError, quiet_libraries, read_safetensors
 
 A1111_KEY = "emb_params"
 
@@ -30,16 +29,6 @@ class EmbeddingSpec:
     token: str | None = None
 
 
-def parse_embedding_argument(text: str) -> EmbeddingSpec:
-    """`FILE` or `FILE:TOKEN`, where TOKEN has no path separator (so a Windows drive stays part of FILE)."""
-    path, _, token = text.rpartition(":")
-    if not path or not token or any(mark in token for mark in "/\\."):
-        return EmbeddingSpec(Path(text))
-    if any(mark.isspace() for mark in token):
-        raise argparse.ArgumentTypeError(f"the token after ':' must be one word without spaces, got {token!r}")
-    return EmbeddingSpec(Path(path), token)
-
-
 def load_embeddings(models: LoadedModels, specs: Sequence[EmbeddingSpec]) -> None:
     """Teach CLIP each embedding's token. Sets `models.embeddings` and the CLIP encoder's multi-vector tokens.
 
@@ -47,26 +36,31 @@ def load_embeddings(models: LoadedModels, specs: Sequence[EmbeddingSpec]) -> Non
         AdapterFileError: a file is unreadable or not safetensors, holds no single embedding, has the wrong
             width for this CLIP, or its token is already a word CLIP knows.
     """
-    infos = []
-    for spec in specs:
-        token, vectors = _token_and_vectors(spec, read_safetensors(spec.path, "Embedding"))
-        width = models.pipe.text_encoder.get_input_embeddings().weight.shape[-1]
-        if vectors.shape[-1] != width:
-            raise AdapterFileError(
-                f"Embedding {spec.path.name} has {vectors.shape[-1]}-wide vectors; this CLIP reads {width}-wide ones "
-                "(SD1.5: 768). Use an embedding trained for SD1.5."
-            )
-        if token in models.pipe.tokenizer.get_vocab():
-            raise AdapterFileError(
-                f"Embedding {spec.path.name}: CLIP already knows the token {token!r}. Give another with FILE:TOKEN."
-            )
-        with quiet_libraries():
-            models.pipe.load_textual_inversion(vectors.to(models.dtype), token=token)
-        infos.append(EmbeddingInfo(token, spec.path.name, vectors.shape[0]))
-        if vectors.shape[0] > 1:
-            models.clip_encoder.multi_vector_tokens[token] = vectors.shape[0]
-    models.embeddings = (*models.embeddings, *infos)
-    models.clip_encoder.cache.clear()
+    try:
+        for spec in specs:
+            models.embeddings = (*models.embeddings, _load_one(models, spec))
+    finally:
+        models.clip_encoder.cache.clear()
+
+
+def _load_one(models: LoadedModels, spec: EmbeddingSpec) -> EmbeddingInfo:
+    """Check one file's embedding against this CLIP, then add its token(s) and vector(s)."""
+    token, vectors = _token_and_vectors(spec, read_safetensors(spec.path, "Embedding"))
+    width = models.pipe.text_encoder.get_input_embeddings().weight.shape[-1]
+    if vectors.shape[-1] != width:
+        raise AdapterFileError(
+            f"Embedding {spec.path.name} has {vectors.shape[-1]}-wide vectors; this CLIP reads {width}-wide ones "
+            "(SD1.5: 768). Use an embedding trained for SD1.5."
+        )
+    if token in models.pipe.tokenizer.get_vocab():
+        raise AdapterFileError(
+            f"Embedding {spec.path.name}: CLIP already knows the token {token!r}. Give another with FILE:TOKEN."
+        )
+    with quiet_libraries():
+        models.pipe.load_textual_inversion(vectors.to(models.dtype), token=token)
+    if vectors.shape[0] > 1:
+        models.clip_encoder.multi_vector_tokens[token] = vectors.shape[0]
+    return EmbeddingInfo(token, spec.path.name, vectors.shape[0])
 
 
 def _token_and_vectors(spec: EmbeddingSpec, tensors: dict[str, torch.Tensor]) -> tuple[str, torch.Tensor]:

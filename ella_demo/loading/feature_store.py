@@ -33,13 +33,15 @@ class FeatureStore:
         self.model = model
         self.folder.mkdir(parents=True, exist_ok=True)
 
-    def path(self, prompt: str, length, dtype: torch.dtype) -> Path:
-        key = json.dumps([FORMAT_VERSION, prompt, str(length), str(dtype), self.model])
+    def path(self, prompt: str, length, dtype: torch.dtype, device: torch.device) -> Path:
+        """The entry of (prompt, length, dtype, model), and the kind of device that encoded it: a CPU's fp32
+        features differ slightly from a GPU's."""
+        key = json.dumps([FORMAT_VERSION, prompt, str(length), str(dtype), device.type, self.model])
         return self.folder / f"{hashlib.sha256(key.encode('utf-8')).hexdigest()}.safetensors"
 
     def get(self, prompt: str, length, dtype: torch.dtype, device: torch.device) -> TextEncoding | None:
         """The stored encoding with its tensors on `device`, or None (absent or unreadable: encode it again)."""
-        path = self.path(prompt, length, dtype)
+        path = self.path(prompt, length, dtype, device)
         try:
             with safe_open(path, framework="pt", device=str(device)) as handle:
                 record = json.loads(handle.metadata()["encoding"])
@@ -61,7 +63,7 @@ class FeatureStore:
             "max_length": encoding.max_length, "offsets": encoding.offsets,
             "words": [[word.text, word.token_indices, word.is_special] for word in encoding.words],
         }  # fmt: skip
-        path = self.path(encoding.prompt, length, dtype)
+        path = self.path(encoding.prompt, length, dtype, encoding.features.device)
         temporary = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
         tensors = {"features": encoding.features, "attention_mask": encoding.attention_mask}
         save_file({name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}, temporary,

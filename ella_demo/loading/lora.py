@@ -8,27 +8,15 @@ as a named adapter of the shared UNet and of CLIP's text encoder. Each run then 
 
 from __future__ import annotations
 
-import argparse
 import re
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from diffusers.utils import logging as diffusers_logging
-from safetensors import SafetensorError
-from safetensors.torch import load_file
-from transformers.utils import logging as transformers_logging
-
-from ella_demo.core.adapters import LORA_WEIGHT_RANGE, LoraInfo
-from ella_demo.core.errors import ExplorerError
+from ella_demo.core.adapters import LoraInfo, check_lora_weight
 from ella_demo.core.models import LoadedModels
-
-
-class AdapterFileError(ExplorerError, ValueError):
-    """A LoRA or embedding file cannot be used; the message names the file and what to change."""
+from ella_demo.core.settings import SettingsError
+from ella_demo.loading.addition_files import AdapterFileError, quiet_libraries, read_safetensors
 
 
 @dataclass(frozen=True)
@@ -39,108 +27,75 @@ class LoraSpec:
     weight: float = 1.0
 
 
-@contextmanager
-def quiet_libraries() -> Iterator[None]:
-    """Silence diffusers', transformers' and peft's notes on a load that worked ("no LoRA keys for the text
-    encoder" for a UNet-only LoRA, "multiple adapters", embedding-table resizing, a progress bar per LoRA);
-    errors still raise."""
-    levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
-    bars = transformers_logging.is_progress_bar_enabled()
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-            yield
-    finally:
-        diffusers_logging.set_verbosity(levels[0])
-        transformers_logging.set_verbosity(levels[1])
-        if bars:
-            transformers_logging.enable_progress_bar()
-
-
-def parse_lora_argument(text: str) -> LoraSpec:
-    """`FILE` or `FILE:WEIGHT`: only a number after the last colon is a weight (a Windows drive's colon is FILE's)."""
-    path, _, tail = text.rpartition(":")
-    try:
-        weight = float(tail)
-    except ValueError:
-        return LoraSpec(Path(text))
-    low, high = LORA_WEIGHT_RANGE
-    if not path or not low <= weight <= high:
-        raise argparse.ArgumentTypeError(f"expected FILE[:WEIGHT] with a weight from {low:g} to {high:g}, got {text!r}")
-    return LoraSpec(Path(path), weight)
-
-
-def read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
-    """The tensors of a `.safetensors` file, on the CPU; anything else is refused with what to do instead.
-
-    Raises:
-        AdapterFileError: the file is missing, is not named .safetensors (pickle formats: .ckpt, .pt, .bin),
-            or is not a valid safetensors file.
-    """
-    if path.suffix.lower() != ".safetensors":
-        raise AdapterFileError(
-            f"{what} {path.name}: only .safetensors files are read ({path.suffix or 'this format'} is a pickle "
-            "format, which can run code when loaded). Convert it to safetensors first."
-        )
-    if not path.is_file():
-        raise AdapterFileError(f"{what} {path}: no such file.")
-    try:
-        return load_file(path, device="cpu")
-    except (SafetensorError, OSError) as error:
-        raise AdapterFileError(f"{what} {path.name} is not a valid safetensors file ({error}).") from None
-
-
 def load_loras(models: LoadedModels, specs: Sequence[LoraSpec], fuse: bool = False) -> None:
     """Load each LoRA as a named adapter of the UNet (both sides) and, for its text-encoder part, of CLIP.
 
     Runs use each LoRA at its spec's weight unless they ask for another (`generate(loras=...)`); with
-    `fuse`, the LoRAs are merged into the weights at those weights and stay on for every run.
-    Sets `models.loras`.
+    `fuse`, the LoRAs are merged into the weights at those weights and stay on for every run. Waits for
+    runs in progress to end, and starts none meanwhile. Sets `models.loras`; on an error none of `specs`
+    stays loaded.
 
     Raises:
-        AdapterFileError: a file is unreadable, not safetensors, or not an SD1.5 LoRA.
+        AdapterFileError: a file is unreadable, not safetensors, or not an SD1.5 LoRA; a weight is out of range;
+            fusing while LoRAs with a per-run weight are loaded (fusing would take them in too).
     """
-    names: list[str] = []
-    infos: list[LoraInfo] = []
-    for spec in specs:
-        name = _adapter_name(spec.path, [*(lora.name for lora in models.loras), *names])
-        state_dict = read_safetensors(spec.path, "LoRA")
-        before = _adapter_counts(models)
+    weights = [_checked_weight(spec) for spec in specs]
+    if fuse and any(not lora.fused for lora in models.loras):
+        raise AdapterFileError("LoRAs can be fused only before any LoRA with a per-run weight is loaded.")
+    with models.adapters.exclusive():
+        names: list[str] = []
         try:
-            with quiet_libraries():
-                models.pipe.load_lora_weights(state_dict, adapter_name=name)
-        except (ValueError, KeyError, RuntimeError) as error:
-            if name in {adapter for adapters in models.pipe.get_list_adapters().values() for adapter in adapters}:
-                models.pipe.delete_adapters(name)
-            raise AdapterFileError(
-                f"LoRA {spec.path.name} could not be loaded as an SD1.5 LoRA (A1111/kohya or diffusers layout): {error}"
-            ) from None
-        parts = tuple(part for part, count in _adapter_counts(models).items() if count > before[part])
-        if not parts:
-            raise AdapterFileError(f"LoRA {spec.path.name} changes no layer of the UNet or CLIP: is it for SD1.5?")
-        names.append(name)
-        infos.append(LoraInfo(name, spec.path.name, spec.weight, parts, fused=fuse))
-    if fuse and names:
-        _fuse(models, names, [spec.weight for spec in specs])
-    models.loras = (*models.loras, *infos)
-    models.adapters.reset()
+            infos = [_load_one(models, spec, weight, names, fuse) for spec, weight in zip(specs, weights, strict=True)]
+            if fuse and names:
+                models.pipe.set_adapters(names, weights)
+                models.pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
+                models.pipe.unload_lora_weights()
+        except Exception:
+            _drop_adapters(models, names)
+            raise
+        models.loras = (*models.loras, *infos)
 
 
 def unload_loras(models: LoadedModels) -> None:
-    """Remove every LoRA that is not fused: the models compute exactly what they did before `load_loras`."""
-    models.pipe.unload_lora_weights()
-    models.loras = tuple(lora for lora in models.loras if lora.fused)
-    models.adapters.reset()
+    """Remove every LoRA with a per-run weight: the models compute what they did before those were loaded.
+    Fused LoRAs stay, being part of the weights. Waits for runs in progress to end."""
+    with models.adapters.exclusive():
+        models.pipe.unload_lora_weights()
+        models.loras = tuple(lora for lora in models.loras if lora.fused)
 
 
-def _fuse(models: LoadedModels, names: list[str], weights: list[float]) -> None:
-    """Merge the LoRAs into the UNet's and CLIP's weights (W + weight * scale * up @ down), then drop the adapters."""
-    models.pipe.set_adapters(names, weights)
-    models.pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
-    models.pipe.unload_lora_weights()
+def _checked_weight(spec: LoraSpec) -> float:
+    try:
+        return check_lora_weight(spec.path.name, spec.weight)
+    except SettingsError as error:
+        raise AdapterFileError(f"LoRA {error.detail}") from None
+
+
+def _load_one(models: LoadedModels, spec: LoraSpec, weight: float, names: list[str], fuse: bool) -> LoraInfo:
+    """Load one file as an adapter named after it (appended to `names` once loaded, even in part)."""
+    name = _adapter_name(spec.path, [*(lora.name for lora in models.loras), *names])
+    state_dict = read_safetensors(spec.path, "LoRA")
+    before = _adapter_counts(models)
+    try:
+        with quiet_libraries():
+            models.pipe.load_lora_weights(state_dict, adapter_name=name)
+    except (ValueError, KeyError, RuntimeError) as error:
+        _drop_adapters(models, [name])
+        raise AdapterFileError(
+            f"LoRA {spec.path.name} could not be loaded as an SD1.5 LoRA (A1111/kohya or diffusers layout): {error}"
+        ) from None
+    names.append(name)
+    parts = tuple(part for part, count in _adapter_counts(models).items() if count > before[part])
+    if not parts:
+        raise AdapterFileError(f"LoRA {spec.path.name} changes no layer of the UNet or CLIP: is it for SD1.5?")
+    return LoraInfo(name, spec.path.name, weight, parts, fused=fuse)
+
+
+def _drop_adapters(models: LoadedModels, names: list[str]) -> None:
+    """Delete those of `names` that the UNet or CLIP still hold as adapters."""
+    held = {adapter for adapters in models.pipe.get_list_adapters().values() for adapter in adapters}
+    if present := [name for name in names if name in held]:
+        models.pipe.delete_adapters(present)
 
 
 def _adapter_name(path: Path, taken: list[str]) -> str:

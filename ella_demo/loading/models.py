@@ -67,8 +67,7 @@ def load_models(
         device, dtype, t5_dtype: see `devices.choose_placement`; t5_dtype is text_encoder's too.
         allow_pickle: allow `.bin`/`.ckpt` weights for SD1.5 and the text encoder (pickle can run
             code; off by default). The connector always loads from safetensors.
-        cache_dir: hub cache folder (default: the huggingface_hub default).
-        seed: weight seed of the weightless presets and of a "scratch" connector.
+        cache_dir: hub cache folder (default: huggingface_hub's). seed: weight seed of weightless presets and scratch.
         memory: where T5 runs and what keeps it off the GPU (`T5Memory`); additions: LoRAs and embeddings.
 
     `random_weights` is True for the weightless presets and a scratch connector: their images are noise.
@@ -88,7 +87,9 @@ def load_models(
         preset, sources, paths, sd15_config, placement, allow_pickle, cache_dir, seed
     )
     random_weights = weightless or sources.get("ella") == ELLA_SCRATCH
-    models = assemble_models(components, placement, preset, provenance, random_weights)
+    models = assemble_models(
+        components, placement, preset, provenance, random_weights, memory.resting_device(placement)
+    )
     memory.apply(models)
     additions.apply(models)
     return models
@@ -253,9 +254,15 @@ def _load_connector(
 
 
 def assemble_models(
-    components: Components, placement: Placement, preset: str, sources: dict[str, str], random_weights: bool
+    components: Components,
+    placement: Placement,
+    preset: str,
+    sources: dict[str, str],
+    random_weights: bool,
+    t5_device: torch.device | None = None,
 ) -> LoadedModels:
-    """Put built or loaded components on the device, frozen, inside the container every run uses."""
+    """Put built or loaded components on the device, frozen, inside the container every run uses; T5 on
+    `t5_device` if given (the CPU, when it visits the GPU only to encode), else where it runs."""
     pipe = StableDiffusionPipeline(
         vae=components.vae.to(placement.device),
         text_encoder=components.text_encoder.to(placement.device),
@@ -273,7 +280,7 @@ def assemble_models(
     return LoadedModels(
         pipe=pipe,
         ella=components.ella.to(placement.device),
-        t5=components.t5.to(placement.t5_device),
+        t5=components.t5.to(t5_device or placement.t5_device),
         t5_tokenizer=components.t5_tokenizer,
         placement=placement,
         preset=preset,
