@@ -20,7 +20,7 @@ from tests_support import RANK, clip_layers, random_factors, unet_layers, unet_l
 
 from ella_demo import generate, load_models
 from ella_demo.cli.arguments import parse_lora_argument
-from ella_demo.core.adapters import AdapterSwitch
+from ella_demo.core.adapters import AdapterSwitch, LoraInfo
 from ella_demo.core.settings import SettingsError
 from ella_demo.loading.addition_files import AdapterFileError
 from ella_demo.loading.additions import Additions
@@ -219,6 +219,9 @@ class FakeEncoder:
         self.cache = type("Cache", (), {"clear": lambda self: None})()
 
 
+STYLE = (LoraInfo("style", "style.safetensors", 1.0, ("unet",)),)
+
+
 class NoAdapters:
     """A pipeline without adapters: the switch's ordering alone is under test."""
 
@@ -227,7 +230,7 @@ class NoAdapters:
 
 
 def test_a_run_with_other_weights_is_never_overtaken_by_later_runs_with_the_weights_in_force():
-    switch = AdapterSwitch(NoAdapters(), FakeEncoder(), lambda: ())
+    switch = AdapterSwitch(NoAdapters(), FakeEncoder(), lambda: STYLE)
     started, release = [], threading.Event()
 
     def run(label: str, weight: float, hold: threading.Event | None = None) -> None:
@@ -238,7 +241,8 @@ def test_a_run_with_other_weights_is_never_overtaken_by_later_runs_with_the_weig
 
     first = threading.Thread(target=run, args=("A1", 1.0, release))
     first.start()
-    while started != ["A1"]:
+    deadline = time.monotonic() + 10
+    while started != ["A1"] and time.monotonic() < deadline:
         time.sleep(0.01)
     others = [threading.Thread(target=run, args=("B", 0.5)), threading.Thread(target=run, args=("A2", 1.0))]
     for thread in others:  # B asks first, then A2, whose weights are the ones in force
@@ -252,7 +256,7 @@ def test_a_run_with_other_weights_is_never_overtaken_by_later_runs_with_the_weig
 
 
 def test_runs_with_the_weights_in_force_share_the_models_when_nobody_waits():
-    switch = AdapterSwitch(NoAdapters(), FakeEncoder(), lambda: ())
+    switch = AdapterSwitch(NoAdapters(), FakeEncoder(), lambda: STYLE)
     inside, release = [], threading.Event()
 
     def run() -> None:
@@ -319,3 +323,9 @@ def test_a_failed_load_leaves_none_of_its_files_loaded(fresh, tmp_path):
     with pytest.raises(AdapterFileError, match=r"bad\.safetensors"):
         load_loras(fresh, [LoraSpec(good), LoraSpec(tmp_path / "bad.safetensors")])
     assert fresh.loras == () and not any(fresh.pipe.get_list_adapters().values())
+
+
+def test_file_names_that_clash_with_torch_attributes_still_load(fresh, tmp_path):
+    load_loras(fresh, [LoraSpec(unet_lora_file(fresh, tmp_path / "keys.safetensors", seed=15, layers=2))])
+    assert [lora.name for lora in fresh.loras] == ["lora_keys"]
+    generate(fresh, **{**RUN, "num_inference_steps": 1}, loras={"lora_keys": 1.0})

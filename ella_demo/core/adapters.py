@@ -105,7 +105,8 @@ class AdapterSwitch:
         self._clip_encoder = clip_encoder
         self._loras = loras
         self._clip_loras: frozenset[str] = frozenset()
-        self._condition = threading.Condition()
+        # Not re-entrant: a run started inside an exclusive change would deadlock instead of slipping in.
+        self._condition = threading.Condition(threading.Lock())
         self._queue: deque[object] = deque()
         self._in_force: LoraWeights | None = None  # None: unknown, set again by the next run
         self._running = 0
@@ -115,6 +116,8 @@ class AdapterSwitch:
         """Hold `weights` for the body's length, after every run that asked earlier has started."""
         live = tuple((name, weight) for name, weight in weights if weight != 0.0)
         with self._turn(lambda: self._running == 0 or self._in_force == live):
+            if removed := {name for name, _ in live} - {lora.name for lora in self._loras()}:
+                raise SettingsError("loras", f"names LoRAs removed while the run waited: {', '.join(sorted(removed))}.")
             if self._in_force != live:
                 self._apply(live)
             self._running += 1

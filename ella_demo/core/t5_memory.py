@@ -4,8 +4,8 @@ FLAN-T5-XL's encoder is the largest model an ELLA run holds (1.2 B parameters ag
 Three ways to spare GPU memory, each usable alone or together:
 - `offload_between_encodings`: T5 lives in CPU memory and visits the GPU only while it encodes
   (accelerate's `cpu_offload_with_hook`); a prompt found in a cache never moves it.
-- a features store on disk (loading/feature_store.py), keyed by (prompt, length, dtype, model), shared by
-  processes and runs, so a prompt is encoded once ever.
+- a features store on disk (loading/feature_store.py), keyed by (prompt, length, dtype, kind of device,
+  model), shared by processes and runs, so a prompt is encoded once ever.
 - `release_t5`: once every prompt a job needs is in the store (DPG-Bench's 1,065), T5 is
   dropped; what it would have encoded comes from the store.
 """

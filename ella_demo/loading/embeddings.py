@@ -56,8 +56,11 @@ def _load_one(models: LoadedModels, spec: EmbeddingSpec) -> EmbeddingInfo:
         raise AdapterFileError(
             f"Embedding {spec.path.name}: CLIP already knows the token {token!r}. Give another with FILE:TOKEN."
         )
-    with quiet_libraries():
-        models.pipe.load_textual_inversion(vectors.to(models.dtype), token=token)
+    try:
+        with quiet_libraries():
+            models.pipe.load_textual_inversion(vectors.to(models.dtype), token=token)
+    except ValueError as error:  # e.g. the extra tokens of a multi-vector embedding are taken
+        raise AdapterFileError(f"Embedding {spec.path.name} could not be added to CLIP: {error}") from None
     if vectors.shape[0] > 1:
         models.clip_encoder.multi_vector_tokens[token] = vectors.shape[0]
     return EmbeddingInfo(token, spec.path.name, vectors.shape[0])

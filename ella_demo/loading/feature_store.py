@@ -1,6 +1,6 @@
 """Encoded prompts on disk: the persistent T5 features store of core/t5_memory.py's memory options.
 
-One safetensors file per (prompt, length, dtype, model) holds the features, the attention mask and, as
+One safetensors file per (prompt, length, dtype, kind of device, model) holds the features, the attention mask and, as
 metadata, the tokens, words and offsets, so a stored prompt is as good as a freshly encoded one.
 """
 
@@ -18,11 +18,12 @@ from safetensors.torch import save_file
 
 from ella_demo.core.text_encoding import TextEncoding, Word
 
-FORMAT_VERSION = 1  # changes when what an entry holds changes; older entries are then encoded again
+FORMAT_VERSION = 2  # changes when what an entry holds changes; older entries are then encoded again
 
 
 class FeatureStore:
-    """Encoded prompts as files in `folder`, one per (prompt, length, dtype, model): safe for several processes.
+    """Encoded prompts as files in `folder`, one per (prompt, length, dtype, kind of device, model): safe for
+    several processes.
 
     `model` names the encoder (its source), so features of different encoders never mix. Entries are
     written to a temporary file and renamed, so a killed run or a second process never reads half a file.

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from ella_demo.core.adapters import LoraInfo, check_lora_weight
 from ella_demo.core.models import LoadedModels
 from ella_demo.core.settings import SettingsError
@@ -40,17 +42,21 @@ def load_loras(models: LoadedModels, specs: Sequence[LoraSpec], fuse: bool = Fal
             fusing while LoRAs with a per-run weight are loaded (fusing would take them in too).
     """
     weights = [_checked_weight(spec) for spec in specs]
-    if fuse and any(not lora.fused for lora in models.loras):
-        raise AdapterFileError("LoRAs can be fused only before any LoRA with a per-run weight is loaded.")
     with models.adapters.exclusive():
+        if fuse and any(not lora.fused for lora in models.loras):
+            raise AdapterFileError("LoRAs can be fused only before any LoRA with a per-run weight is loaded.")
         names: list[str] = []
+        fusing = False
         try:
             infos = [_load_one(models, spec, weight, names, fuse) for spec, weight in zip(specs, weights, strict=True)]
             if fuse and names:
                 models.pipe.set_adapters(names, weights)
+                fusing = True
                 models.pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
                 models.pipe.unload_lora_weights()
         except Exception:
+            if fusing:  # take out of the weights whatever part of the LoRAs was merged
+                models.pipe.unfuse_lora()
             _drop_adapters(models, names)
             raise
         models.loras = (*models.loras, *infos)
@@ -72,10 +78,12 @@ def _checked_weight(spec: LoraSpec) -> float:
 
 
 def _load_one(models: LoadedModels, spec: LoraSpec, weight: float, names: list[str], fuse: bool) -> LoraInfo:
-    """Load one file as an adapter named after it (appended to `names` once loaded, even in part)."""
-    name = _adapter_name(spec.path, [*(lora.name for lora in models.loras), *names])
+    """Load one file as an adapter named after it (appended to `names` before loading, so a failure drops it)."""
+    held = [adapter for adapters in models.pipe.get_list_adapters().values() for adapter in adapters]
+    name = _adapter_name(spec.path, [*(lora.name for lora in models.loras), *names, *held])
     state_dict = read_safetensors(spec.path, "LoRA")
     before = _adapter_counts(models)
+    names.append(name)
     try:
         with quiet_libraries():
             models.pipe.load_lora_weights(state_dict, adapter_name=name)
@@ -84,7 +92,6 @@ def _load_one(models: LoadedModels, spec: LoraSpec, weight: float, names: list[s
         raise AdapterFileError(
             f"LoRA {spec.path.name} could not be loaded as an SD1.5 LoRA (A1111/kohya or diffusers layout): {error}"
         ) from None
-    names.append(name)
     parts = tuple(part for part, count in _adapter_counts(models).items() if count > before[part])
     if not parts:
         raise AdapterFileError(f"LoRA {spec.path.name} changes no layer of the UNet or CLIP: is it for SD1.5?")
@@ -99,9 +106,14 @@ def _drop_adapters(models: LoadedModels, names: list[str]) -> None:
 
 
 def _adapter_name(path: Path, taken: list[str]) -> str:
-    """A valid, unused adapter name from the file's stem: "my-style v2.safetensors" -> "my_style_v2"."""
+    """A valid, unused adapter name from the file's stem: "my-style v2.safetensors" -> "my_style_v2".
+
+    PEFT keeps adapters in torch ModuleDicts, so a name that is one of their attributes ("keys", "forward")
+    or starts with a digit gets a "lora_" prefix.
+    """
     base = re.sub(r"\W", "_", path.stem).strip("_") or "lora"
-    base = f"lora_{base}" if base[0].isdigit() else base
+    if base[0].isdigit() or hasattr(torch.nn.ModuleDict(), base):
+        base = f"lora_{base}"
     name, number = base, 2
     while name in taken:
         name, number = f"{base}_{number}", number + 1
