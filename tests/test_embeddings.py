@@ -73,6 +73,8 @@ def test_a_multi_vector_embedding_is_expanded_and_its_tokens_point_at_the_word_w
     assert encoding.tokens[1:6] == ("a</w>", "<st>", "<st>_1", "<st>_2", "dog</w>")
     assert [prompt[start:end] for start, end in encoding.offsets[1:6]] == ["a", "<st>", "<st>", "<st>", "dog"]
     assert encoding.prompt == prompt
+    assert [(word.text, word.token_indices) for word in encoding.words[1:4]] == [("a", (1,)), ("<st>", (2, 3, 4)),
+                                                                                 ("dog", (5,))]  # fmt: skip
     table = fresh.pipe.text_encoder.get_input_embeddings().weight
     ids = fresh.pipe.tokenizer.convert_tokens_to_ids(["<st>", "<st>_1", "<st>_2"])
     assert torch.equal(table[ids], vectors)

@@ -332,4 +332,12 @@ class CLIPPromptEncoder(_CachedEncoder):
     def _group(self, tokens: tuple[str, ...]) -> tuple[Word, ...]:
         special = set(self.tokenizer.all_special_tokens)
         added = frozenset(self.tokenizer.added_tokens_encoder) - special
-        return group_words(tokens, special, marks_end="</w>", whole_words=added)
+        words = group_words(tokens, special, marks_end="</w>", whole_words=added)
+        extra = {f"{token}_{index}" for token, count in self.multi_vector_tokens.items() for index in range(1, count)}
+        merged: list[Word] = []
+        for word in words:  # a multi-vector token's extra tokens belong to the word the user wrote
+            if merged and word.text in extra:
+                merged[-1] = Word(merged[-1].text, merged[-1].token_indices + word.token_indices)
+            else:
+                merged.append(word)
+        return tuple(merged)
