@@ -63,10 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Loaded preset {models.preset} on {models.placement.describe()} in {time.perf_counter() - started:.1f} s")
     for part, source in models.sources.items():
         print(f"  {part}: {source}")
-    for lora in models.loras:
-        print(f"  LoRA {lora.name}: {lora.describe()}")
-    for embedding in models.embeddings:
-        print(f"  embedding {embedding.token}: {embedding.describe()} (CLIP only)")
+    for addition in models.provenance().additions:  # the LoRAs and embeddings, as meta.json records them
+        print(f"  {addition}")
     if models.placement.t5_caveat:
         print(f"  Note: {models.placement.t5_caveat}")
     if models.random_weights:

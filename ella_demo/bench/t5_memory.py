@@ -23,8 +23,7 @@ from accelerate import init_empty_weights
 from ella_demo.core.devices import DTYPES, choose_placement
 from ella_demo.core.engine import generate
 from ella_demo.core.t5_memory import release_t5
-from ella_demo.loading.additions import T5Memory
-from ella_demo.loading.feature_store import FeatureStore
+from ella_demo.loading.additions import T5Memory, keep_t5_features
 from ella_demo.loading.models import load_models
 from ella_demo.loading.presets import build_weightless_components
 from ella_demo.loading.shipped import read_weightless_configs
@@ -74,7 +73,7 @@ def measure_peak_mb(bench: MemoryBench, option: str) -> float:
     models = load_models(bench.preset, device="cuda", dtype=bench.dtype, memory=memory)
     with tempfile.TemporaryDirectory() as folder:
         if option == "released":
-            models.t5_encoder.use_store(FeatureStore(folder, bench.preset))
+            keep_t5_features(models, folder)
             for prompt in ("", PROMPT):
                 models.t5_encoder.encode(prompt)
             release_t5(models)

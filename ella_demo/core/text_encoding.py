@@ -178,7 +178,7 @@ def expand_multi_vector_tokens(prompt: str, counts: dict[str, int]) -> tuple[str
 class _CachedEncoder:
     """Shared caches and tokenize -> run -> package flow of both encoders.
 
-    Besides the in-memory LRU, an encoder may have a `store` on disk (core/t5_memory.py) that it reads
+    Besides the in-memory LRU, an encoder may have a `store` on disk (loading/feature_store.py) that it reads
     before encoding and writes after. `running` wraps each run of the model (offloading: it is on the GPU
     only inside). `execution_device` is where it runs when that is not where its weights rest (offloaded or
     released); `model` is None once released, and a prompt in no cache then raises TextEncoderReleasedError.
@@ -190,7 +190,7 @@ class _CachedEncoder:
         self.cache = LRUCache[TextEncoding](cache_size)
         # What else decides the features (CLIP: the LoRA weights in force, core/adapters.py); part of every key.
         self.variant: tuple = ()
-        self.store = None  # a core/t5_memory.FeatureStore, when features are kept on disk
+        self.store = None  # a loading/feature_store.FeatureStore, when features are kept on disk
         self.running: Callable[[], AbstractContextManager] = nullcontext
         self.offloaded = None  # the core/t5_memory.OffloadedWhileIdle behind `running`, when offloaded
         self.execution_device: torch.device | None = None

@@ -22,8 +22,7 @@ from ella_demo.core.models import LoadedModels
 from ella_demo.core.settings import GenerationSettings
 from ella_demo.core.t5_memory import release_t5
 from ella_demo.inspect.outputs import package_versions
-from ella_demo.loading.additions import t5_identity
-from ella_demo.loading.feature_store import FeatureStore
+from ella_demo.loading.additions import keep_t5_features
 
 MODEL_NAMES = ("clip", "ella")
 T5_FEATURES_FOLDER = "t5-features"  # under the results folder, unless --t5-cache names another
@@ -123,7 +122,7 @@ def encode_then_release_t5(
     """
     encoder = models.t5_encoder
     if encoder.store is None:
-        encoder.use_store(FeatureStore(store, t5_identity(models)))
+        keep_t5_features(models, store)
     needed = list(dict.fromkeys([settings.negative_prompt, *prompts]))
     encoded = 0
     for prompt in needed:

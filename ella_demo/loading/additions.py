@@ -50,7 +50,7 @@ class T5Memory:
         if self.offload:
             offload_between_encodings(models.t5_encoder, models.placement.t5_device)
         if self.cache is not None:
-            models.t5_encoder.use_store(FeatureStore(self.cache, t5_identity(models)))
+            keep_t5_features(models, self.cache)
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,11 @@ class Additions:
             load_loras(models, self.loras, fuse=self.fuse_loras)
         if self.embeddings:
             load_embeddings(models, self.embeddings)
+
+
+def keep_t5_features(models: LoadedModels, folder: str | Path) -> None:
+    """Keep the text encoder's features in a store in `folder` (loading/feature_store.py), named after the encoder."""
+    models.t5_encoder.use_store(FeatureStore(folder, t5_identity(models)))
 
 
 def t5_identity(models: LoadedModels) -> str:
